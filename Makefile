@@ -1,0 +1,30 @@
+# Every command a README reader needs; each one creates .venv and installs the package first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/base.yaml
+
+.PHONY: install fit test lint tensorboard clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+fit: install
+	$(PY) -m mnistlit fit --config $(CONFIG)
+
+test: install lint
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir lightning_logs
+
+clean:
+	rm -rf $(VENV) lightning_logs

@@ -1,0 +1,3 @@
+from mnistlit.cli import main
+
+main()

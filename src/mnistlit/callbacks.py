@@ -1,0 +1,84 @@
+"""Callbacks the CLI always adds: the end-of-fit history table and the predictions CSV."""
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+class EpochHistory(L.Callback):
+    """Keeps one row of epoch metrics per epoch and prints them as a table when fit ends."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._lr = float("nan")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch, "lr": self._lr}
+        for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            row[name] = float(metrics[name]) if name in metrics else float("nan")
+        self.rows.append(row)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.rows:
+            return
+        print()
+        print(format_table(self.rows, HISTORY_COLUMNS))
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            print(f"\nbest checkpoint: {best}")
+            print("test it with:    python -m mnistlit test --config <your config> --ckpt_path best")
+
+
+def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
+    def cell(name: str, value: float) -> str:
+        if name == "epoch":
+            return str(int(value))
+        return f"{value:.2e}" if name == "lr" else f"{value:.4f}"
+
+    body = [[cell(c, row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(lines)
+
+
+class PredictionCSV(BasePredictionWriter):
+    """Writes ``predictions.csv`` (index, target, prediction, probability) into the run folder."""
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        self.filename = filename
+        self.path: Path | None = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerow(["index", "target", "prediction", "probability"])
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction: torch.Tensor, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
+        probability, predicted = prediction.max(dim=1)
+        targets = batch[1].tolist()
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows(
+                (index, target, label, f"{p:.6f}")
+                for index, target, label, p in zip(
+                    batch_indices, targets, predicted.tolist(), probability.tolist(), strict=True
+                )
+            )
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        print(f"predictions written to {self.path}")

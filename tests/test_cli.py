@@ -1,0 +1,149 @@
+"""The CLI end to end, in subprocesses, exactly as a user types it."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import BASE_CONFIG, run_cli, tiny_config, write_synthetic_mnist
+
+CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    for phrase in phrases:
+        assert phrase in last, result.stderr
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A folder where `fit` ran for two epochs on the synthetic data."""
+    workdir = tmp_path_factory.mktemp("fitted")
+    md5 = write_synthetic_mnist(workdir / "data" / "mnist")
+    tiny_config(workdir, md5, max_epochs=2)
+    result = run_cli(workdir, "fit", *CONFIGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted) -> None:
+    workdir, result = fitted
+    run = workdir / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("best-epoch=*-val_acc=*.ckpt"))) == 1
+    assert list(run.glob("events.out.tfevents.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["net"]["class_path"] == "mnistlit.nets.Net"
+    assert config["data"]["batch_size"] == 32
+
+
+def test_fit_prints_the_history_table_and_how_to_test(fitted) -> None:
+    _, result = fitted
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:6] == [
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"])  # fmt: skip
+    rows = [line.split() for line in lines[header + 1 : header + 3]]
+    assert [row[0] for row in rows] == ["0", "1"]
+    assert all(0.0 <= float(row[4]) <= 1.0 for row in rows)
+    assert "best checkpoint:" in result.stdout
+    assert "--ckpt_path best" in result.stdout
+
+
+def test_the_synthetic_digits_are_learned(fitted) -> None:
+    workdir, _ = fitted
+    (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    val_acc = float(best.stem.split("val_acc=")[1])
+    assert val_acc > 0.5
+
+
+def test_test_with_best_in_a_new_process_reports_test_acc(fitted) -> None:
+    workdir, _ = fitted
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test_acc" in result.stdout
+    assert "best-epoch=" in result.stderr + result.stdout
+
+
+def test_validate_with_last_in_a_new_process(fitted) -> None:
+    workdir, _ = fitted
+    result = run_cli(workdir, "validate", *CONFIGS, "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_acc" in result.stdout
+
+
+def test_predict_writes_a_csv_row_per_test_image(fitted) -> None:
+    workdir, _ = fitted
+    result = run_cli(workdir, "predict", *CONFIGS, "--ckpt_path", "best")
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = Path(result.stdout.split("predictions written to ")[1].split()[0])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 200
+    assert set(rows[0]) == {"index", "target", "prediction", "probability"}
+    assert [int(r["index"]) for r in rows] == list(range(200))
+    assert all(0 <= int(r["prediction"]) <= 9 and 0 < float(r["probability"]) <= 1 for r in rows)
+
+
+def test_a_checkpoint_loads_alone_with_weights_only(fitted) -> None:
+    workdir, _ = fitted
+    (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    code = (
+        "import sys, torch\n"
+        "from mnistlit import LitClassifier\n"
+        "model = LitClassifier.load_from_checkpoint(sys.argv[1], weights_only=True)\n"
+        "print(type(model.net).__name__, model(torch.zeros(2, 1, 28, 28)).shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(best)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Net torch.Size([2, 10])" in result.stdout
+
+
+def test_print_config_works(workdir: Path) -> None:
+    result = run_cli(workdir, "fit", *CONFIGS, "--print_config")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["early_stopping"]["patience"] == 3
+    assert config["checkpoint"]["monitor"] == "val_acc"
+
+
+def test_ckpt_best_before_any_run_is_one_clear_line(workdir: Path) -> None:
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
+    assert_one_clear_line(result, "--ckpt_path best", "no run under", "has a best checkpoint")
+
+
+def test_a_missing_checkpoint_file_is_one_clear_line(workdir: Path) -> None:
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "nowhere.ckpt")
+    assert_one_clear_line(result, "nowhere.ckpt", "no such file")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(workdir: Path) -> None:
+    (workdir / "garbage.ckpt").write_bytes(b"\x00not a checkpoint")
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "garbage.ckpt")
+    assert_one_clear_line(result, "cannot load checkpoint garbage.ckpt")
+
+
+def test_a_bad_config_value_is_one_clear_line(workdir: Path) -> None:
+    result = run_cli(workdir, "fit", *CONFIGS, "--data.batch_size", "0")
+    assert_one_clear_line(result, "batch_size must be at least 1")
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_an_unknown_key_is_refused(workdir: Path) -> None:
+    result = run_cli(workdir, "fit", *CONFIGS, "--data.batchsize", "64")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "batchsize" in result.stderr
+
+
+def test_no_data_and_no_source_is_one_clear_line(workdir: Path) -> None:
+    for path in (workdir / "data" / "mnist").iterdir():
+        path.unlink()
+    result = run_cli(workdir, "fit", *CONFIGS)
+    assert_one_clear_line(result, "could not get the mnist files", "Put train-images-idx3-ubyte")
+    assert "files in the data folder" in result.stderr and "download mirrors" in result.stderr

@@ -1,0 +1,40 @@
+import torch
+
+from mnistlit.module import LitClassifier
+from mnistlit.nets import Net
+
+from .conftest import draw_digits
+
+
+def test_the_seed_net_keeps_its_shape_and_parameter_count() -> None:
+    net = Net()
+    assert net(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
+    assert sum(p.numel() for p in net.parameters()) == 53_994
+    assert list(net.state_dict())[:2] == ["layers.0.weight", "layers.0.bias"]
+
+
+def test_training_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    images, labels = draw_digits(256, seed=3)
+    x = ((torch.from_numpy(images).float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    y = torch.from_numpy(labels).long()
+    model = LitClassifier(optimizer=lambda params: torch.optim.Adam(params, lr=0.01))
+    optimizer = model.configure_optimizers()
+    model.train()
+    with torch.no_grad():
+        before = model.loss_fn(model(x), y).item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        model.loss_fn(model(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = model.loss_fn(model(x), y).item()
+    assert after < 0.5 * before
+
+
+def test_python_use_without_the_cli_has_working_defaults() -> None:
+    model = LitClassifier()
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert isinstance(model.net, Net)
+    assert "net" in model.hparams and model.hparams["net"] is None

