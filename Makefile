@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard clean
+.PHONY: install fit test lint tensorboard bench clean
 
 install: $(VENV)/.installed
 
@@ -20,11 +20,14 @@ test: install lint
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir lightning_logs
 
 clean:
 	rm -rf $(VENV) lightning_logs
+
+bench: install
+	$(PY) benchmarks/run.py $(BENCH_ARGS)

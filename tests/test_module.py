@@ -22,13 +22,13 @@ def test_training_steps_lower_the_loss() -> None:
     optimizer = model.configure_optimizers()
     model.train()
     with torch.no_grad():
-        before = model.loss_fn(model(x), y).item()
+        before = model.loss_fn(model(x), y).mean().item()
     for _ in range(30):
         optimizer.zero_grad()
-        model.loss_fn(model(x), y).backward()
+        model.loss_fn(model(x), y).mean().backward()
         optimizer.step()
     with torch.no_grad():
-        after = model.loss_fn(model(x), y).item()
+        after = model.loss_fn(model(x), y).mean().item()
     assert after < 0.5 * before
 
 

@@ -1,6 +1,7 @@
-"""Callbacks the CLI always adds: the end-of-fit history table and the predictions CSV."""
+"""Callbacks the CLI always adds: the per-epoch history and the predictions CSV."""
 
 import csv
+import time
 from pathlib import Path
 
 import lightning as L
@@ -8,25 +9,54 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 class EpochHistory(L.Callback):
-    """Keeps one row of epoch metrics per epoch and prints them as a table when fit ends."""
+    """One row of epoch metrics per epoch, written to ``history.csv`` in the run folder as
+    each epoch ends and printed as a table when fit ends (the seed's ``dfhistory``).
+
+    A row is completed when the next epoch starts (or training ends): callbacks see
+    ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
-        self._lr = float("nan")
+        self.path: Path | None = None
+        self._pending: dict[str, float] | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._complete_row(trainer)
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = time.perf_counter() - self._started
+        self._pending = {"epoch": trainer.current_epoch, "lr": self._lr, "seconds": seconds}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._complete_row(trainer)
+
+    def _complete_row(self, trainer: L.Trainer) -> None:
+        if self._pending is None:
+            return
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch, "lr": self._lr}
-        for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            row[name] = float(metrics[name]) if name in metrics else float("nan")
+        row = {name: float(metrics[name]) if name in metrics else float("nan") for name in HISTORY_COLUMNS}
+        row.update(self._pending)
         self.rows.append(row)
+        self._pending = None
+        self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer) -> None:
+        if trainer.log_dir is None:
+            return
+        self.path = Path(trainer.log_dir) / "history.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -34,9 +64,11 @@ class EpochHistory(L.Callback):
             return
         print()
         print(format_table(self.rows, HISTORY_COLUMNS))
+        if self.path is not None:
+            print(f"\nhistory: {self.path}")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            print(f"\nbest checkpoint: {best}")
+            print(f"best checkpoint: {best}")
             print("test it with:    python -m mnistlit test --config <your config> --ckpt_path best")
 
 
@@ -44,7 +76,9 @@ def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
     def cell(name: str, value: float) -> str:
         if name == "epoch":
             return str(int(value))
-        return f"{value:.2e}" if name == "lr" else f"{value:.4f}"
+        if name == "lr":
+            return f"{value:.2e}"
+        return f"{value:.1f}" if name == "seconds" else f"{value:.4f}"
 
     body = [[cell(c, row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]

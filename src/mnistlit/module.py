@@ -1,16 +1,36 @@
-"""LitClassifier: an injected network, cross-entropy, accuracy per stage, optimizer from config."""
+"""LitClassifier: an injected network, cross-entropy, loss and accuracy per stage, optimizer from config."""
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlit.nets import Net
 
 
+class StageMetrics(nn.Module):
+    """Sample-weighted mean loss and accuracy of one stage, accumulated on the device."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        # "disable": no NaN check, which would read the loss back to the host every step.
+        self.loss = MeanMetric(nan_strategy="disable")
+        self.acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    def update(self, sample_losses: Tensor, logits: Tensor, labels: Tensor) -> None:
+        self.loss.update(sample_losses)
+        self.acc.update(logits, labels)
+
+
 class LitClassifier(L.LightningModule):
     """Classifies digits with any network that maps (B, 1, 28, 28) to (B, num_classes) logits.
+
+    Metrics are updated every step and logged once per epoch as ``{stage}_loss`` and
+    ``{stage}_acc``: a ``self.log`` call costs about half a millisecond in Lightning 2.6,
+    a few percent of a step on a CPU. The progress bar shows the step loss every
+    ``trainer.log_every_n_steps`` steps.
 
     Args:
         net: the network; the seed's ``Net`` when not given.
@@ -34,37 +54,45 @@ class LitClassifier(L.LightningModule):
         self.net = (net if net is not None else Net()).to(memory_format=torch.channels_last)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.loss_fn = nn.CrossEntropyLoss(reduction="none")
+        self.train_metrics = StageMetrics(num_classes)
+        self.val_metrics = StageMetrics(num_classes)
+        self.test_metrics = StageMetrics(num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], metrics: StageMetrics) -> Tensor:
         images, labels = batch
         logits = self(images)
-        loss = self.loss_fn(logits, labels)
-        self.train_acc.update(logits, labels)
-        self.log("loss", loss, prog_bar=True, logger=False)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        sample_losses = self.loss_fn(logits, labels)
+        metrics.update(sample_losses.detach(), logits.detach(), labels)
+        return sample_losses.mean()
+
+    def _log_epoch(self, stage: str, metrics: StageMetrics) -> None:
+        self.log(f"{stage}_loss", metrics.loss, prog_bar=True)
+        self.log(f"{stage}_acc", metrics.acc, prog_bar=True)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, self.train_metrics)
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
-        images, labels = batch
-        logits = self(images)
-        accuracy.update(logits, labels)
-        batch_size = len(labels)
-        self.log(f"{stage}_loss", self.loss_fn(logits, labels), batch_size=batch_size, prog_bar=True)
-        self.log(f"{stage}_acc", accuracy, prog_bar=True)
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train", self.train_metrics)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc)
+        self._step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc)
+        self._step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, _ = batch
