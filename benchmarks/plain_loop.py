@@ -41,7 +41,7 @@ def evaluate(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()

@@ -95,11 +95,11 @@ def mnistlit(epochs: int, data_dir: str, accelerator: str, logs: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed")
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating plain/mnistlit rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating plain/mnistlit rounds")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -110,6 +110,10 @@ def main() -> None:
         plain_runs.append(script("plain_loop.py", args.epochs, args.data_dir, "--device", args.device))
         with tempfile.TemporaryDirectory() as logs:
             mnistlit_runs.append(mnistlit(args.epochs, args.data_dir, args.device, logs))
+        paired = zip(plain_runs[-1]["epoch_seconds"], mnistlit_runs[-1]["epoch_seconds"], strict=True)
+        print(
+            "round: plain / mnistlit s per epoch:", [f"{p:.2f}/{m:.2f}" for p, m in paired], file=sys.stderr
+        )
     seed_run = script("seed_pipeline.py", args.epochs, args.data_dir)
     results = {
         "plain PyTorch loop": (plain_runs, plain_runs),

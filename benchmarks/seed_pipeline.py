@@ -46,7 +46,7 @@ def run_epoch(net, loader, loss_fn, optimizer=None) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
 
