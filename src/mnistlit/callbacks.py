@@ -1,15 +1,69 @@
-"""Callbacks the CLI always adds: the per-epoch history and the predictions CSV."""
+"""Callbacks the CLI always adds: exact resume, per-epoch history, predictions CSV."""
 
 import csv
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+class PeriodicLastCheckpoint(ModelCheckpoint):
+    """Rewrites ``last.ckpt`` every ``every_n_train_steps`` steps, so a crash loses at most that many.
+
+    The best-by-val_acc ModelCheckpoint saves at epoch ends; this one exists so that a run
+    killed mid-epoch resumes mid-epoch (the data loader's position is in the checkpoint).
+    """
+
+    def __init__(self, every_n_train_steps: int = 100) -> None:
+        super().__init__(save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+
+
+class ExactResume(L.Callback):
+    """What a bit-exact resume needs beyond Lightning's own state.
+
+    - The global RNG states travel with every checkpoint and are put back when training
+      restarts: dropout draws from them, and Lightning does not save them.
+    - SIGTERM or Ctrl-C writes ``last.ckpt`` before the run stops. (ModelCheckpoint's
+      ``save_on_exception`` would also save on any error, including a NaN loss, and would
+      name the file like a best checkpoint.)
+    """
+
+    def __init__(self) -> None:
+        self._restored: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restored is None:
+            return
+        torch.set_rng_state(self._restored["torch"])
+        if "cuda" in self._restored and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._restored["cuda"])
+        self._restored = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        stopped = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        if not stopped or not trainer.training or trainer.checkpoint_callback is None:
+            return
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"stopped at step {trainer.global_step}; saved {path}")
 
 
 class EpochHistory(L.Callback):
@@ -18,6 +72,8 @@ class EpochHistory(L.Callback):
 
     A row is completed when the next epoch starts (or training ends): callbacks see
     ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.
+    The rows travel in checkpoints, so a resumed run keeps the history of the first part
+    (the epoch that was cut short counts the seconds of its second part only).
     """
 
     def __init__(self) -> None:
@@ -25,8 +81,20 @@ class EpochHistory(L.Callback):
         self.path: Path | None = None
         self._pending: dict[str, float] | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = state_dict["rows"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_timing(trainer)  # a run resumed mid-epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._complete_row(trainer)
+        self._start_timing(trainer)
+
+    def _start_timing(self, trainer: L.Trainer) -> None:
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         self._started = time.perf_counter()
 
@@ -96,7 +164,7 @@ class PredictionCSV(BasePredictionWriter):
         self.path: Path | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        self.path = (Path(trainer.log_dir or trainer.default_root_dir) / self.filename).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
             csv.writer(f).writerow(["index", "target", "prediction", "probability"])

@@ -1,22 +1,24 @@
-"""The command line: LightningCLI with the callbacks, defaults and checkpoint aliases we always want."""
+"""The command line: LightningCLI with the callbacks, defaults and checkpoint handling we always want."""
 
 import logging
 import sys
 import warnings
 from pathlib import Path
 
-import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnistlit.callbacks import EpochHistory, PredictionCSV
+from mnistlit import checkpoints
+from mnistlit.callbacks import EpochHistory, ExactResume, PeriodicLastCheckpoint, PredictionCSV
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError
 from mnistlit.module import LitClassifier
-
-CHECKPOINT_ALIASES = ("best", "last")
 
 
 class MnistCLI(LightningCLI):
@@ -31,6 +33,7 @@ class MnistCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:02d}-{val_acc:.4f}",
             }
         )
+        parser.add_lightning_class_args(PeriodicLastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
             {"early_stopping.monitor": "val_acc", "early_stopping.mode": "max", "early_stopping.patience": 3}
@@ -39,16 +42,64 @@ class MnistCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("ckpt_path"):
-            config = self.config[subcommand]
-            config.ckpt_path = str(resolve_checkpoint(config.ckpt_path, runs_folder(config.trainer)))
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        max_epochs = config.trainer.get("max_epochs")
+        if max_epochs is not None and max_epochs < 1 and max_epochs != -1:
+            raise MnistlitError(
+                f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {max_epochs}"
+            )
+        if config.get("weights_only") is None:
+            config.weights_only = True
+        if config.get("ckpt_path"):
+            path = checkpoints.resolve(config.ckpt_path, runs_folder(config.trainer))
+            checkpoints.load(path)
+            config.ckpt_path = str(path)
 
     def _parse_ckpt_path(self) -> None:
+        """Lightning reads the model's hyperparameters from ``--ckpt_path``; name the file they do not fit."""
         try:
             super()._parse_ckpt_path()
-        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, say which file
+        except SystemExit as e:
             path = self.config[self.config.subcommand].ckpt_path
-            raise MnistlitError(f"cannot load checkpoint {path}: {_one_line(e)}") from e
+            raise MnistlitError(
+                f"checkpoint {path} was not written by this model: its hyperparameters do not fit"
+            ) from e
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Give the run its own ``version_N`` folder, or the checkpoint's folder when fit resumes."""
+        config = self.config_init[self.subcommand]
+        logger = config.trainer.get("logger")
+        if logger is None or logger is True:
+            runs = runs_folder(self.config[self.subcommand].trainer)
+            ckpt_path = config.get("ckpt_path")
+            resuming = self.subcommand == "fit" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints"
+            if resuming:
+                version = checkpoints.version_of(Path(ckpt_path).parent.parent)
+                self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, now with ckpt_path
+            else:
+                version = self._reserve_version(runs)
+            kwargs["logger"] = TensorBoardLogger(save_dir=runs.parent, name=runs.name, version=version)
+        if config.trainer.get("plugins") is None:
+            kwargs["plugins"] = [checkpoints.AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    @staticmethod
+    def _reserve_version(runs: Path) -> int | None:
+        if rank_zero_only.rank != 0:
+            return None  # other DDP ranks log nothing; rank 0's folder is broadcast to them
+        try:
+            return checkpoints.reserve_run_folder(runs)
+        except OSError as e:
+            raise MnistlitError(f"cannot create a run folder in {runs}: {e.strerror or e}") from e
+
+    def _check_checkpoint_fits(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path:
+            checkpoints.check_fits(ckpt_path, self.model)
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint_fits
 
 
 def runs_folder(trainer: Namespace) -> Path:
@@ -61,47 +112,6 @@ def runs_folder(trainer: Namespace) -> Path:
     return root / "lightning_logs"
 
 
-def resolve_checkpoint(ckpt_path: str, runs: Path) -> Path:
-    """Turn ``best``/``last`` into the file of the newest run that has one; check other paths exist.
-
-    Lightning resolves these aliases only inside the run that wrote them, and every new
-    process starts a new ``version_N`` folder, so a later ``test --ckpt_path best`` needs this.
-    """
-    if ckpt_path not in CHECKPOINT_ALIASES:
-        if not Path(ckpt_path).is_file():
-            raise MnistlitError(f"--ckpt_path {ckpt_path}: no such file")
-        return Path(ckpt_path)
-
-    def version(folder: Path) -> int:
-        suffix = folder.parent.name.removeprefix("version_")
-        return int(suffix) if suffix.isdigit() else -1
-
-    for folder in sorted(runs.glob("version_*/checkpoints"), key=version, reverse=True):
-        found = best_checkpoint(folder) if ckpt_path == "best" else folder / "last.ckpt"
-        if found is not None and found.is_file():
-            return found
-    raise MnistlitError(
-        f"--ckpt_path {ckpt_path}: no run under {runs}/ has a {ckpt_path} checkpoint yet "
-        "(train first: python -m mnistlit fit --config ...)"
-    )
-
-
-def best_checkpoint(folder: Path) -> Path | None:
-    """The best checkpoint ModelCheckpoint recorded in ``last.ckpt``, else the only ``best*.ckpt``."""
-    last = folder / "last.ckpt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        for key, callback_state in state.get("callbacks", {}).items():
-            if key.startswith("ModelCheckpoint") and callback_state.get("best_model_path"):
-                return folder / Path(callback_state["best_model_path"]).name
-    candidates = list(folder.glob("best*.ckpt"))
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def quiet_known_noise() -> None:
     """Silence messages that tell a user nothing about their run."""
     # Batches are slices of in-memory tensors: worker processes would only add copies.
@@ -110,6 +120,10 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # test/predict in a new process restore a checkpoint from another run's folder, by design.
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # torchdata 0.11 calls a torch API that torch 2.14 deprecated, once per loader iterator.
+    warnings.filterwarnings("ignore", message=r".*'set_vital' is deprecated.*")
+    # Each run's version_N folder is created before the logger sees it.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage()
     )
@@ -121,12 +135,14 @@ def main(args: list[str] | None = None) -> None:
         MnistCLI(
             LitClassifier,
             MNISTDataModule,
-            trainer_defaults={"callbacks": [EpochHistory(), PredictionCSV()]},
+            trainer_defaults={"callbacks": [ExactResume(), EpochHistory(), PredictionCSV()]},
             auto_configure_optimizers=False,
             args=args,
         )
+    except SIGTERMException:
+        sys.exit("mnistlit: stopped by SIGTERM after saving last.ckpt; resume with --ckpt_path last")
     except (MnistlitError, MisconfigurationException) as e:
-        sys.exit(f"mnistlit: error: {_one_line(e)}")
+        sys.exit(f"mnistlit: error: {' '.join(str(e).split())}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnistlit.errors import MnistlitError
@@ -96,21 +97,24 @@ class MNISTDataModule(L.LightningDataModule):
                 read_image_file(str(test_images)), read_label_file(str(test_labels))
             )
 
-    def _loader(self, dataset: InMemoryDigits, shuffle: bool) -> DataLoader:
-        # No worker processes: batches are slices of tensors already in memory, so workers
-        # would only add inter-process copies.
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=already_batched)
+    def _loader(self, dataset: InMemoryDigits, shuffle: bool) -> StatefulDataLoader:
+        # StatefulDataLoader: its position within the epoch goes into every checkpoint, so a
+        # run killed mid-epoch resumes at the next batch. No worker processes: batches are
+        # slices of tensors already in memory, workers would only add inter-process copies.
+        return StatefulDataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=already_batched
+        )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.test_set, shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.test_set, shuffle=False)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):

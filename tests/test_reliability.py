@@ -1,0 +1,197 @@
+"""Never lose work: exact resume after SIGKILL, clean stops, safe loading, clear refusals."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import BASE_CONFIG, run_cli
+
+CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
+# Deterministic kernels, a last.ckpt every 5 steps, 4 epochs of 44 steps.
+FIT = ("fit", *CONFIGS, "--trainer.max_epochs", "4", "--model.lr_scheduler.init_args.T_max", "4",
+       "--trainer.deterministic", "true", "--last_checkpoint.every_n_train_steps", "5")  # fmt: skip
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for phrase in phrases:
+        assert phrase in last, result.stderr[-3000:]
+
+
+def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnistlit", *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), f"{name} differs"
+
+
+def last_ckpt(workdir: Path, version: int) -> Path:
+    return workdir / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: signal.Signals) -> None:
+    reference = run_cli(workdir, *FIT)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    process = start_cli(workdir, *FIT)
+    wait_for(last_ckpt(workdir, 1), process)
+    time.sleep(random.uniform(0.0, 0.5))
+    assert process.poll() is None, "the run finished before it could be stopped"
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    stopped_at = torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["global_step"]
+    assert stopped_at < 4 * 44
+    if stop == signal.SIGTERM:
+        assert "stopped by SIGTERM after saving last.ckpt" in stderr.strip().splitlines()[-1]
+
+    resumed = run_cli(workdir, *FIT, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "lightning_logs/version_1/checkpoints/last.ckpt" in resumed.stderr + resumed.stdout
+
+    assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+    runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
+    assert runs == ["version_0", "version_1"], "the resumed run must log into its own folder"
+    assert len(list((workdir / "lightning_logs" / "version_1").glob("events.out.tfevents.*"))) == 2
+
+
+class _CreatesAFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(workdir: Path) -> None:
+    marker = workdir / "pwned"
+    torch.save({"state_dict": {}, "payload": _CreatesAFile(marker)}, workdir / "evil.ckpt")
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "evil.ckpt")
+    assert_one_clear_line(result, "cannot load checkpoint evil.ckpt", "refusing to load it")
+    assert not marker.exists()
+
+    code = "import sys\nfrom mnistlit import LitClassifier\nLitClassifier.load_from_checkpoint(sys.argv[1])"
+    loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "evil.ckpt")], capture_output=True)
+    assert loaded.returncode != 0
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> bytes:
+    from .conftest import tiny_config, write_synthetic_mnist
+
+    workdir = tmp_path_factory.mktemp("good")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
+    result = run_cli(workdir, "fit", *CONFIGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return last_ckpt(workdir, 0).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda good: good[: len(good) // 2], "cannot load checkpoint bad.ckpt"),
+        (lambda good: random.Random(0).randbytes(5000), "cannot load checkpoint bad.ckpt"),
+        (lambda good: b"", "cannot load checkpoint bad.ckpt"),
+    ],
+    ids=["truncated", "random-bytes", "empty"],
+)
+def test_a_damaged_checkpoint_is_one_clear_line(workdir: Path, good_checkpoint: bytes, make, message) -> None:
+    (workdir / "bad.ckpt").write_bytes(make(good_checkpoint))
+    assert_one_clear_line(run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "bad.ckpt"), message)
+
+
+def test_a_file_that_is_not_a_lightning_checkpoint_is_refused(workdir: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, workdir / "plain.pt")
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "plain.pt")
+    assert_one_clear_line(result, "plain.pt", "not a Lightning checkpoint")
+
+
+def test_a_checkpoint_of_another_model_is_refused(workdir: Path) -> None:
+    other = {"state_dict": {"encoder.weight": torch.zeros(4, 4)}, "hyper_parameters": {"hidden_size": 4}}
+    torch.save(other, workdir / "other.ckpt")
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "other.ckpt")
+    assert_one_clear_line(result, "other.ckpt")
+
+    torch.save({"state_dict": {"net.layers.0.weight": torch.zeros(1)}}, workdir / "shape.ckpt")
+    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "shape.ckpt")
+    assert_one_clear_line(result, "shape.ckpt does not fit this model")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--data.batch_size", "-4"), "batch_size must be at least 1"),
+        (("--data.val_size", "1500"), "val_size=1500 leaves no training images"),
+        (("--trainer.max_epochs", "0"), "max_epochs must be at least 1"),
+        (("--trainer.default_root_dir", "a_file/logs"), "cannot create a run folder in a_file/logs"),
+        (("--data.data_dir", "a_file/data"), "could not get the mnist files"),
+    ],
+    ids=["batch-size", "val-size", "max-epochs", "log-folder", "data-folder"],
+)
+def test_a_bad_value_stops_before_training_with_one_line(workdir: Path, args, message) -> None:
+    (workdir / "a_file").write_text("a file where a folder is expected")
+    result = run_cli(workdir, "fit", *CONFIGS, *args)
+    assert_one_clear_line(result, message)
+    assert not list(workdir.glob("**/*.ckpt"))
+
+
+def test_a_wrong_type_is_refused_by_the_parser(workdir: Path) -> None:
+    result = run_cli(workdir, "fit", *CONFIGS, "--data.batch_size", "many")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "batch_size" in result.stderr
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_only_finite_checkpoints(workdir: Path) -> None:
+    result = run_cli(
+        workdir, *FIT, "--model.optimizer.init_args.lr", "1e12", "--trainer.log_every_n_steps", "3"
+    )
+    assert_one_clear_line(result, "the training loss became nan/inf at step", "stopped without saving")
+    for path in workdir.glob("lightning_logs/*/checkpoints/*.ckpt"):
+        assert all(torch.isfinite(t).all() for t in weights(path).values()), path
+
+
+def test_two_runs_started_together_get_their_own_folders(workdir: Path) -> None:
+    args = ("fit", *CONFIGS, "--trainer.max_epochs", "1")
+    first, second = start_cli(workdir, *args), start_cli(workdir, *args)
+    for process in (first, second):
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    runs = sorted((workdir / "lightning_logs").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]
+    for run in runs:
+        assert (run / "config.yaml").is_file()
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
