@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench clean
+.PHONY: install fit test lint tensorboard bench speedrun clean
 
 install: $(VENV)/.installed
 
@@ -31,3 +31,6 @@ clean:
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+speedrun: install
+	$(PY) benchmarks/speedrun.py

@@ -1,9 +1,12 @@
 """`make bench`: the plain loop, mnistlit through its CLI, and the seed's pipeline, one after
 another in separate processes, on the same data, network, optimizer, batch size and seed.
 
-The plain loop and mnistlit alternate for several rounds, and each mnistlit epoch is
-compared with the same epoch of the plain loop's run just before it: on a shared 2-core VM
-the speed drifts by tens of percent over minutes, and pairing neighbours cancels most of it.
+Every process runs with glibc's malloc told to keep freed memory (MALLOC_MMAP_THRESHOLD_,
+MALLOC_TRIM_THRESHOLD_): by default it hands large freed blocks back to the OS and
+page-faults fresh ones in on the next step, and how often depends on the process's history,
+so the same script took 10.2 s or 14 s an epoch from one process to the next. The plain
+loop and mnistlit alternate for several rounds, and each mnistlit epoch is compared with
+the same epoch of the plain loop's run just before it.
 Prints a Markdown table: median seconds per epoch (train + validation) over the epochs after
 the first, the median of the paired ratios to the plain loop, final validation and test
 accuracy, and each process's peak resident memory.
@@ -25,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 
 
 def cpu_name() -> str:
@@ -40,7 +44,8 @@ def run(cmd: list[str]) -> tuple[str, float]:
     """Run ``cmd``; return its stdout and its own peak resident memory in MB."""
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     with tempfile.TemporaryFile("w+") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.DEVNULL)
+        env = {**os.environ, **KEEP_FREED_MEMORY}
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)

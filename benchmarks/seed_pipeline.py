@@ -29,7 +29,7 @@ def run_epoch(net, loader, loss_fn, optimizer=None) -> tuple[float, float]:
     """The seed's epoch: per-step loss and accuracy read back with .item() for the bar."""
     accuracy = Accuracy(task="multiclass", num_classes=10)
     total_loss, steps = 0.0, 0
-    loop = tqdm(loader, total=len(loader), mininterval=0)
+    loop = tqdm(loader, total=len(loader))
     for features, labels in loop:
         preds = net(features)
         loss = loss_fn(preds, labels)

@@ -82,7 +82,6 @@ def tiny_config(workdir: Path, md5: dict[str, str], max_epochs: int = 2) -> Path
     """A config layered over base.yaml: the synthetic files, small batches, few epochs."""
     config = {
         "trainer": {"max_epochs": max_epochs, "enable_model_summary": False},
-        "model": {"lr_scheduler": {"init_args": {"T_max": max_epochs}}},
         "data": {
             "batch_size": 32,
             "val_size": 100,

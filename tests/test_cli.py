@@ -85,9 +85,12 @@ def test_predict_writes_a_csv_row_per_test_image(fitted) -> None:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 200
-    assert set(rows[0]) == {"index", "target", "prediction", "probability"}
-    assert [int(r["index"]) for r in rows] == list(range(200))
+    assert list(rows[0]) == ["item", "target", "prediction", "probability", "top3"]
+    assert [int(r["item"]) for r in rows] == list(range(200))
     assert all(0 <= int(r["prediction"]) <= 9 and 0 < float(r["probability"]) <= 1 for r in rows)
+    assert all(r["top3"].split()[0] == f"{r['prediction']}:{float(r['probability']):.4f}" for r in rows)
+    accuracy = sum(r["target"] == r["prediction"] for r in rows) / len(rows)
+    assert accuracy > 0.5
 
 
 def test_a_checkpoint_loads_alone_with_weights_only(fitted) -> None:
@@ -147,3 +150,17 @@ def test_no_data_and_no_source_is_one_clear_line(workdir: Path) -> None:
     result = run_cli(workdir, "fit", *CONFIGS)
     assert_one_clear_line(result, "could not get the mnist files", "Put train-images-idx3-ubyte")
     assert "files in the data folder" in result.stderr and "download mirrors" in result.stderr
+
+
+def test_the_speedrun_config_trains_end_to_end(workdir: Path) -> None:
+    speedrun = str(BASE_CONFIG.with_name("speedrun.yaml"))
+    result = run_cli(workdir, "fit", "--config", speedrun, "--config", "tiny.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = workdir / "lightning_logs" / "version_0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["net"]["class_path"] == "mnistlit.nets.SpeedrunNet"
+    assert config["model"]["lr_scheduler_interval"] == "step"
+    with open(run / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    assert float(rows[-1]["val_acc"]) > 0.5

@@ -1,4 +1,4 @@
-"""Callbacks the CLI always adds: exact resume, per-epoch history, predictions CSV."""
+"""Callbacks the CLI always adds: exact resume, per-epoch history, pictures, predictions."""
 
 import csv
 import time
@@ -8,8 +8,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mnistlit import plots
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -72,8 +75,10 @@ class EpochHistory(L.Callback):
 
     A row is completed when the next epoch starts (or training ends): callbacks see
     ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.
-    The rows travel in checkpoints, so a resumed run keeps the history of the first part
-    (the epoch that was cut short counts the seconds of its second part only).
+    ``seconds`` is the wall time from one epoch's start to the next one's: training,
+    validation, checkpoints and writing the previous row and its plot. The rows travel in
+    checkpoints, so a resumed run keeps the history of the first part (the epoch that was
+    cut short counts the seconds of its second part only).
     """
 
     def __init__(self) -> None:
@@ -88,29 +93,29 @@ class EpochHistory(L.Callback):
         self.rows = state_dict["rows"]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start_timing(trainer)  # a run resumed mid-epoch gets no on_train_epoch_start
+        self._start_epoch(trainer, time.perf_counter())  # a run resumed mid-epoch gets no epoch start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._complete_row(trainer)
-        self._start_timing(trainer)
+        now = time.perf_counter()
+        self._complete_row(trainer, now)
+        self._start_epoch(trainer, now)
 
-    def _start_timing(self, trainer: L.Trainer) -> None:
+    def _start_epoch(self, trainer: L.Trainer, now: float) -> None:
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        self._started = time.perf_counter()
+        self._started = now
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = time.perf_counter() - self._started
-        self._pending = {"epoch": trainer.current_epoch, "lr": self._lr, "seconds": seconds}
+        self._pending = {"epoch": trainer.current_epoch, "lr": self._lr}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._complete_row(trainer)
+        self._complete_row(trainer, time.perf_counter())
 
-    def _complete_row(self, trainer: L.Trainer) -> None:
+    def _complete_row(self, trainer: L.Trainer, now: float) -> None:
         if self._pending is None:
             return
         metrics = trainer.callback_metrics
         row = {name: float(metrics[name]) if name in metrics else float("nan") for name in HISTORY_COLUMNS}
-        row.update(self._pending)
+        row.update(self._pending, seconds=now - self._started)
         self.rows.append(row)
         self._pending = None
         self._write(trainer)
@@ -125,6 +130,7 @@ class EpochHistory(L.Callback):
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
+        plots.save(plots.learning_curves(self.rows), self.path.with_name("learning_curves.png"))
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -156,7 +162,13 @@ def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
 
 
 class PredictionCSV(BasePredictionWriter):
-    """Writes ``predictions.csv`` (index, target, prediction, probability) into the run folder."""
+    """Writes ``predictions.csv`` (item, target, prediction, probability, top3) into the run
+    folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
+
+    ``item`` is the image file when predicting ``--data.predict_dir``, else the test-set index.
+    """
+
+    sheet_size = 100
 
     def __init__(self, filename: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
@@ -167,20 +179,123 @@ class PredictionCSV(BasePredictionWriter):
         self.path = (Path(trainer.log_dir or trainer.default_root_dir) / self.filename).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerow(["index", "target", "prediction", "probability"])
+            csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3"])
+        self._sheet: list[tuple[torch.Tensor, str]] = []
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction: torch.Tensor, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
-        probability, predicted = prediction.max(dim=1)
-        targets = batch[1].tolist()
+        items = getattr(trainer.datamodule, "predict_items", None)
+        names = [str(items[i]) if items is not None else str(i) for i in batch_indices]
+        top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
+        targets = ["" if t < 0 else t for t in batch[1].tolist()]
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerows(
-                (index, target, label, f"{p:.6f}")
-                for index, target, label, p in zip(
-                    batch_indices, targets, predicted.tolist(), probability.tolist(), strict=True
+                (
+                    name,
+                    target,
+                    k[0],
+                    f"{p[0]:.6f}",
+                    " ".join(f"{c}:{q:.4f}" for c, q in zip(k, p, strict=True)),
                 )
+                for name, target, k, p in zip(names, targets, top_k, top_p, strict=True)
             )
+        room = self.sheet_size - len(self._sheet)
+        for image, name, k, p in list(zip(batch[0], names, top_k, top_p, strict=True))[:room]:
+            self._sheet.append((image[0].cpu(), f"{Path(name).name[:16]}\n-> {k[0]} ({p[0]:.2f})"))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         print(f"predictions written to {self.path}")
+        if self._sheet and trainer.is_global_zero:
+            images = torch.stack([image for image, _ in self._sheet])
+            titles = [title for _, title in self._sheet]
+            figure = plots.digit_grid(images, titles, columns=min(10, len(titles)))
+            plots.save(figure, self.path.with_suffix(".png"))
+            print(f"contact sheet: {self.path.with_suffix('.png')}")
+
+
+class RunPictures(L.Callback):
+    """The pictures a user opens first, in TensorBoard and as PNG files in the run folder.
+
+    At fit start: nine training digits with their labels (the seed's grid) and a TensorBoard
+    layout that puts train and validation curves in one chart. At the end of fit and test:
+    the hyperparameters with the final metrics (TensorBoard's HParams tab). At the end of
+    test: the confusion matrix and the most confident mistakes.
+    """
+
+    worst_count = 16
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = self._tensorboard(trainer)
+        if experiment is not None:
+            layout = {
+                "train vs val": {
+                    "loss": ["Multiline", ["train_loss", "val_loss"]],
+                    "accuracy": ["Multiline", ["train_acc", "val_acc"]],
+                }
+            }
+            experiment.add_custom_scalars(layout)
+        dataset = getattr(trainer.datamodule, "train_set", None)
+        if dataset is not None:
+            names = trainer.datamodule.class_names
+            titles = [f"label = {names[int(label)]}" for label in dataset.labels[:9]]
+            self._publish(trainer, "train_digits", plots.digit_grid(dataset.images[:9], titles))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+        if score is not None:
+            self._log_hparams(trainer, pl_module, {"hp/best_val_acc": float(score)})
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        classes = len(trainer.datamodule.class_names)
+        self._counts = torch.zeros(classes, classes, dtype=torch.long, device=pl_module.device)
+        self._worst = (torch.empty(0, device=pl_module.device),) * 4  # confidence, image, label, prediction
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs: torch.Tensor, batch, batch_idx, dataloader_idx=0
+    ):
+        images, labels = batch
+        confidence, predicted = outputs.max(dim=1)
+        classes = self._counts.shape[0]
+        self._counts += torch.bincount(labels * classes + predicted, minlength=classes**2).view(classes, -1)
+        wrong = predicted != labels
+        pool = [
+            torch.cat([kept, new[wrong]])
+            for kept, new in zip(self._worst, (confidence, images, labels, predicted), strict=True)
+        ]
+        order = pool[0].argsort(descending=True)[: self.worst_count]
+        self._worst = tuple(t[order] for t in pool)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counts = pl_module.all_gather(self._counts)
+        counts = counts.sum(0) if counts.dim() == 3 else counts
+        names = trainer.datamodule.class_names
+        self._publish(trainer, "confusion_matrix", plots.confusion_matrix(counts, names))
+        confidence, images, labels, predicted = (t.cpu() for t in self._worst)
+        titles = [
+            f"true {names[int(t)]}, pred {names[int(p)]}\n({c:.2f})"
+            for t, p, c in zip(labels, predicted, confidence, strict=True)
+        ]
+        if titles:
+            self._publish(trainer, "misclassified", plots.digit_grid(images[:, 0], titles, columns=4))
+        metrics = {f"hp/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
+        self._log_hparams(trainer, pl_module, metrics)
+
+    @staticmethod
+    def _tensorboard(trainer: L.Trainer):
+        return trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
+
+    @rank_zero_only
+    def _publish(self, trainer: L.Trainer, name: str, figure) -> None:
+        experiment = self._tensorboard(trainer)
+        if experiment is not None:
+            experiment.add_figure(name, figure, global_step=trainer.global_step, close=False)
+        if trainer.log_dir is not None:
+            path = Path(trainer.log_dir) / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            plots.save(figure, path)
+
+    @staticmethod
+    def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
+        if isinstance(trainer.logger, TensorBoardLogger) and metrics:
+            trainer.logger.log_hyperparams(pl_module.hparams, metrics)

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnistlit import checkpoints
-from mnistlit.callbacks import EpochHistory, ExactResume, PeriodicLastCheckpoint, PredictionCSV
+from mnistlit.callbacks import EpochHistory, ExactResume, PeriodicLastCheckpoint, PredictionCSV, RunPictures
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError
 from mnistlit.module import LitClassifier
@@ -80,7 +80,10 @@ class MnistCLI(LightningCLI):
                 self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, now with ckpt_path
             else:
                 version = self._reserve_version(runs)
-            kwargs["logger"] = TensorBoardLogger(save_dir=runs.parent, name=runs.name, version=version)
+            # default_hp_metric=False: the HParams tab gets the real final metrics (RunPictures).
+            kwargs["logger"] = TensorBoardLogger(
+                save_dir=runs.parent, name=runs.name, version=version, default_hp_metric=False
+            )
         if config.trainer.get("plugins") is None:
             kwargs["plugins"] = [checkpoints.AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
@@ -135,7 +138,7 @@ def main(args: list[str] | None = None) -> None:
         MnistCLI(
             LitClassifier,
             MNISTDataModule,
-            trainer_defaults={"callbacks": [ExactResume(), EpochHistory(), PredictionCSV()]},
+            trainer_defaults={"callbacks": [ExactResume(), EpochHistory(), RunPictures(), PredictionCSV()]},
             auto_configure_optimizers=False,
             args=args,
         )

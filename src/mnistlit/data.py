@@ -1,5 +1,6 @@
 """MNISTDataModule: verified IDX files -> uint8 tensors in memory -> batches cut by indexing."""
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +10,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnistlit.errors import MnistlitError
+from mnistlit.images import image_files, load_digits
 from mnistlit.sources import MNIST, IDXDataset, ensure_files
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -55,6 +57,8 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: images held out of the official training set for validation.
         split_seed: seed of the train/validation split, independent of the training seed.
         dataset: file names, checksums and mirrors; MNIST by default.
+        predict_dir: images to predict instead of the test set: a folder (PNG, JPEG, BMP,
+            GIF) or a glob pattern. Each is turned into an MNIST-like digit first.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 42,
         dataset: IDXDataset = MNIST,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -76,8 +81,13 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.split_seed = split_seed
         self.dataset = dataset
+        self.predict_dir = predict_dir
+        self.class_names = [str(digit) for digit in range(10)]
+        self.predict_items: list[str] | None = None
 
     def prepare_data(self) -> None:
+        if self.trainer is not None and self.trainer.predicting and self.predict_dir is not None:
+            return  # predicting the user's own images needs no dataset
         ensure_files(self.dataset, self.data_dir)
 
     def setup(self, stage: str) -> None:
@@ -92,10 +102,13 @@ class MNISTDataModule(L.LightningDataModule):
             train, val = split_indices(len(labels), self.val_size, self.split_seed)
             self.train_set = InMemoryDigits(images[train], labels[train])
             self.val_set = InMemoryDigits(images[val], labels[val])
-        if stage in ("test", "predict"):
+        if stage == "predict" and self.predict_dir is not None:
+            self.predict_set = self._images_to_predict()
+        elif stage in ("test", "predict"):
             self.test_set = InMemoryDigits(
                 read_image_file(str(test_images)), read_label_file(str(test_labels))
             )
+            self.predict_set = self.test_set
 
     def _loader(self, dataset: InMemoryDigits, shuffle: bool) -> StatefulDataLoader:
         # StatefulDataLoader: its position within the epoch goes into every checkpoint, so a
@@ -115,7 +128,17 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> StatefulDataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.predict_set, shuffle=False)
+
+    def _images_to_predict(self) -> InMemoryDigits:
+        files = image_files(self.predict_dir)
+        images, used, skipped = load_digits(files)
+        for file, reason in skipped:
+            print(f"mnistlit: skipped {file}: {reason}", file=sys.stderr)
+        if not used:
+            raise MnistlitError(f"data.predict_dir {self.predict_dir}: no images that could be read")
+        self.predict_items = [str(file) for file in used]
+        return InMemoryDigits(images, torch.full((len(used),), -1))
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         """Turn uint8 (B, 28, 28) into normalised float (B, 1, 28, 28) on the training device."""

@@ -1,13 +1,18 @@
 """LitClassifier: an injected network, cross-entropy, loss and accuracy per stage, optimizer from config."""
 
+from typing import Literal
+
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnistlit.data import MNIST_MEAN, MNIST_STD
 from mnistlit.errors import MnistlitError
+from mnistlit.images import preprocess_image
 from mnistlit.nets import Net
 
 
@@ -38,7 +43,9 @@ class LitClassifier(L.LightningModule):
     Args:
         net: the network; the seed's ``Net`` when not given.
         optimizer: builds the optimizer from the parameters (Adam with its defaults when not given).
-        lr_scheduler: builds an epoch-wise LR scheduler from the optimizer, or none.
+        lr_scheduler: builds an LR scheduler from the optimizer, or none.
+        lr_scheduler_interval: ``epoch`` to step the scheduler after every epoch, ``step``
+            after every optimizer step (OneCycleLR).
         num_classes: size of the network's output.
     """
 
@@ -47,6 +54,7 @@ class LitClassifier(L.LightningModule):
         net: nn.Module | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         num_classes: int = 10,
     ) -> None:
         super().__init__()
@@ -57,6 +65,7 @@ class LitClassifier(L.LightningModule):
         self.net = (net if net is not None else Net()).to(memory_format=torch.channels_last)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
         self.loss_fn = nn.CrossEntropyLoss(reduction="none")
         self.train_metrics = StageMetrics(num_classes)
         self.val_metrics = StageMetrics(num_classes)
@@ -112,8 +121,11 @@ class LitClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val", self.val_metrics)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, self.test_metrics)
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        self.test_metrics.update(self.loss_fn(logits, labels), logits, labels)
+        return logits.softmax(dim=1)  # for the confusion matrix and the mistakes (RunPictures)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)
@@ -122,8 +134,18 @@ class LitClassifier(L.LightningModule):
         images, _ = batch
         return self(images).softmax(dim=1)
 
+    @torch.inference_mode()
+    def classify(self, image: Image.Image) -> tuple[int, float]:
+        """The digit in a PIL image (a photo or scan of handwriting) and its probability."""
+        digit = preprocess_image(image).to(self.device)
+        images = digit[None, None].float().div(255).sub(MNIST_MEAN).div(MNIST_STD)
+        self.eval()
+        probability, predicted = self(images.contiguous(memory_format=torch.channels_last)).softmax(1).max(1)
+        return int(predicted), float(probability)
+
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        scheduler = {"scheduler": self.lr_scheduler(optimizer), "interval": self.lr_scheduler_interval}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,71 @@
+"""The pictures a run leaves: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Figure:
+    """Images (N, 28, 28), any dtype or scale, each with a title, on a grid (the seed's 3x3 plot)."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, title in zip(axes.flat, images.float().cpu(), titles, strict=False):
+        ax.imshow(image.numpy(), cmap="gray")
+        ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves(rows: list[dict[str, float]]) -> Figure:
+    """Loss and accuracy per epoch, train against validation, best validation epoch marked."""
+    epochs = [int(r["epoch"]) for r in rows]
+    best = max(rows, key=lambda r: r["val_acc"] if r["val_acc"] == r["val_acc"] else -1)
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        ax.plot(epochs, [r[f"train_{metric}"] for r in rows], "o-", label=f"train_{metric}")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "o-", label=f"val_{metric}")
+        ax.axvline(best["epoch"], color="grey", linestyle="--", label=f"best epoch ({int(best['epoch'])})")
+        ax.set_xlabel("epoch")
+        ax.set_title("loss" if metric == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix(counts: torch.Tensor, class_names: list[str]) -> Figure:
+    """Counts (true class x predicted class), with the number in every non-empty cell."""
+    counts = counts.cpu()
+    figure, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(counts.numpy(), cmap="Blues")
+    figure.colorbar(image, ax=ax)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45 if max(map(len, class_names)) > 2 else 0)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = counts.diag().sum().item() / max(1, counts.sum().item())
+    ax.set_title(f"confusion matrix (accuracy {accuracy:.4f})")
+    threshold = counts.max().item() / 2
+    for true in ticks:
+        for predicted in ticks:
+            if (value := int(counts[true, predicted])) > 0:
+                color = "white" if value > threshold else "black"
+                ax.text(predicted, true, value, ha="center", va="center", fontsize=7, color=color)
+    figure.tight_layout()
+    return figure
+
+
+def save(figure: Figure, path: Path) -> None:
+    """Write the figure as PNG (atomically: a viewer refreshing it never sees half a file) and free it."""
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=100)
+    partial.replace(path)
+    plt.close(figure)

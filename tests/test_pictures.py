@@ -1,0 +1,219 @@
+"""Pictures and predictions on real image files: history, TensorBoard, preprocessing."""
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from mnistlit.images import load_digits, preprocess_image
+
+from .conftest import BASE_CONFIG, run_cli, tiny_config, write_synthetic_mnist
+
+CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
+
+
+def draw_seven(size=(400, 300), origin=(250, 40), ink=0, paper=255, mode="L") -> Image.Image:
+    """A thick '7' drawn in ``ink`` on ``paper``, far from the centre of a large canvas."""
+    image = Image.new(mode, size, paper)
+    draw = ImageDraw.Draw(image)
+    x, y = origin
+    draw.line([(x, y), (x + 90, y)], fill=ink, width=14)
+    draw.line([(x + 90, y), (x + 30, y + 180)], fill=ink, width=14)
+    return image
+
+
+def centre_of_mass(image: torch.Tensor) -> tuple[float, float]:
+    weights = image.double()
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    return float((rows * weights).sum() / weights.sum()), float((cols * weights).sum() / weights.sum())
+
+
+def assert_mnist_like(digit: torch.Tensor) -> None:
+    assert digit.shape == (28, 28) and digit.dtype == torch.uint8
+    border = torch.cat([digit[0], digit[-1], digit[:, 0], digit[:, -1]])
+    assert border.float().mean() < 5, "background must be black"
+    assert digit.max() > 200, "ink must be light"
+    row, col = centre_of_mass(digit)
+    assert abs(row - 13.5) <= 1 and abs(col - 13.5) <= 1
+    rows, cols = torch.nonzero(digit > 50, as_tuple=True)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in (19, 20, 21)
+
+
+def test_dark_ink_on_light_paper_off_centre_becomes_an_mnist_digit() -> None:
+    assert_mnist_like(preprocess_image(draw_seven()))
+
+
+def test_light_ink_on_dark_rgb_is_kept_the_right_way_round() -> None:
+    assert_mnist_like(preprocess_image(draw_seven(ink=(250, 250, 250), paper=(10, 20, 30), mode="RGB")))
+
+
+def test_a_transparent_png_uses_its_alpha_as_ink(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(image).line([(40, 30), (60, 170)], fill=(0, 0, 0, 255), width=12)
+    image.save(tmp_path / "one.png")
+    with Image.open(tmp_path / "one.png") as loaded:
+        assert_mnist_like(preprocess_image(loaded))
+
+
+def test_a_16_bit_png_works(tmp_path: Path) -> None:
+    grey = np.asarray(draw_seven(), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as loaded:
+        assert loaded.mode.startswith("I")
+        assert_mnist_like(preprocess_image(loaded))
+
+
+def test_unreadable_and_blank_files_are_skipped_and_the_rest_kept(tmp_path: Path) -> None:
+    draw_seven().save(tmp_path / "seven.jpg")
+    (tmp_path / "notes.png").write_text("this is text, not a picture")
+    Image.new("L", (50, 50), 255).save(tmp_path / "blank.bmp")
+    images, used, skipped = load_digits(sorted(tmp_path.iterdir()))
+    assert images.shape == (1, 28, 28) and used == [tmp_path / "seven.jpg"]
+    assert {path.name for path, _ in skipped} == {"notes.png", "blank.bmp"}
+
+
+@pytest.fixture(scope="module")
+def fitted_and_tested(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("pictures")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=3)
+    for args in (("fit", *CONFIGS), ("test", *CONFIGS, "--ckpt_path", "best")):
+        result = run_cli(workdir, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def tags_by_plugin(run: Path) -> dict[str, set[str]]:
+    """Every summary tag in the run's event files, grouped by TensorBoard plugin (scalars, images, ...)."""
+    tags: dict[str, set[str]] = {}
+    for file in run.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(file)).Load():
+            for value in event.summary.value:
+                tags.setdefault(value.metadata.plugin_data.plugin_name, set()).add(value.tag)
+    return tags
+
+
+def test_fit_leaves_history_curves_and_digits(fitted_and_tested: Path) -> None:
+    run = fitted_and_tested / "lightning_logs" / "version_0"
+    with open(run / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert all(0 <= float(r["val_acc"]) <= 1 and float(r["seconds"]) > 0 for r in rows)
+    with Image.open(run / "learning_curves.png") as curves:
+        assert curves.size == (1000, 400)
+    with Image.open(run / "train_digits.png") as digits:
+        assert digits.size == (660, 780)
+
+    tags = tags_by_plugin(run)
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "hp/best_val_acc"} <= tags["scalars"]
+    assert "train_digits" in tags["images"]
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= tags["hparams"]
+    assert "custom_scalars__config__" in tags["custom_scalars"]
+
+
+def test_test_leaves_confusion_matrix_and_mistakes(fitted_and_tested: Path) -> None:
+    run = fitted_and_tested / "lightning_logs" / "version_1"
+    with Image.open(run / "confusion_matrix.png") as matrix:
+        assert matrix.size == (700, 600)
+    tags = tags_by_plugin(run)
+    assert "confusion_matrix" in tags["images"]
+    assert {"test_acc", "hp/test_acc"} <= tags["scalars"]
+    assert "_hparams_/experiment" in tags["hparams"]
+    if (run / "misclassified.png").exists():
+        assert "misclassified" in tags["images"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_tensorboard_server_shows_the_scalars(fitted_and_tested: Path) -> None:
+    port = free_port()
+    tensorboard = Path(sys.executable).with_name("tensorboard")
+    logdir = fitted_and_tested / "lightning_logs"
+    server = subprocess.Popen(
+        [str(tensorboard), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5
+                ) as r:
+                    tags = json.load(r)
+                if "version_0" in tags:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "tensorboard did not serve the run"
+            time.sleep(0.5)
+        assert {"train_loss", "val_acc"} <= set(tags["version_0"])
+        assert "test_acc" in tags["version_1"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_predict_on_a_folder_of_images(fitted_and_tested: Path) -> None:
+    folder = fitted_and_tested / "my_digits"
+    folder.mkdir()
+    draw_seven().save(folder / "seven.png")
+    draw_seven(size=(120, 200), origin=(10, 5)).convert("RGB").save(folder / "small_seven.jpg")
+    (folder / "notes.png").write_text("not an image")
+    result = run_cli(
+        fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "my_digits"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "notes.png" in result.stderr
+    path = Path(result.stdout.split("predictions written to ")[1].split()[0])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["item"]).name for r in rows) == ["seven.png", "small_seven.jpg"]
+    for row in rows:
+        assert row["target"] == "" and 0 <= int(row["prediction"]) <= 9
+        assert len(row["top3"].split()) == 3
+    with Image.open(path.with_suffix(".png")) as sheet:
+        assert sheet.size[0] > 0
+
+
+def test_a_predict_dir_without_images_is_one_clear_line(fitted_and_tested: Path) -> None:
+    (fitted_and_tested / "empty").mkdir(exist_ok=True)
+    result = run_cli(
+        fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "empty"
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no images" in result.stderr.strip().splitlines()[-1]
+
+
+def test_python_use_in_three_lines(fitted_and_tested: Path) -> None:
+    (best,) = (fitted_and_tested / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    code = (
+        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier\n"
+        "model = LitClassifier.load_from_checkpoint(sys.argv[1])\n"
+        "digit, probability = model.classify(Image.open(sys.argv[2]))\n"
+        "print(digit, probability)\n"
+    )
+    draw_seven().save(fitted_and_tested / "seven_for_python.png")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(best), str(fitted_and_tested / "seven_for_python.png")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    digit, probability = result.stdout.split()
+    assert 0 <= int(digit) <= 9 and 0 < float(probability) <= 1
