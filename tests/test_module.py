@@ -1,7 +1,7 @@
 import torch
 
 from mnistlit.module import LitClassifier
-from mnistlit.nets import Net
+from mnistlit.nets import Net, SpeedrunNet
 
 from .conftest import draw_digits
 
@@ -11,6 +11,12 @@ def test_the_seed_net_keeps_its_shape_and_parameter_count() -> None:
     assert net(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
     assert sum(p.numel() for p in net.parameters()) == 53_994
     assert list(net.state_dict())[:2] == ["layers.0.weight", "layers.0.bias"]
+
+
+def test_the_speedrun_net_maps_digits_to_ten_logits() -> None:
+    net = SpeedrunNet()
+    assert net(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
+    assert sum(p.numel() for p in net.parameters()) == 212_682
 
 
 def test_training_steps_lower_the_loss() -> None:
