@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from .conftest import BASE_CONFIG, run_cli, tiny_config, write_synthetic_mnist
@@ -164,3 +165,13 @@ def test_the_speedrun_config_trains_end_to_end(workdir: Path) -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2
     assert float(rows[-1]["val_acc"]) > 0.5
+
+
+def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> None:
+    result = run_cli(
+        workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed",
+        "--model.compile", "true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    assert "net.layers.0.weight" in torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

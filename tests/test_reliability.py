@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnistlit import checkpoints
+
 from .conftest import BASE_CONFIG, run_cli
 
 CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
@@ -60,7 +62,7 @@ def last_ckpt(workdir: Path, version: int) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: signal.Signals) -> None:
     reference = run_cli(workdir, *FIT)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -76,12 +78,20 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: sig
     assert stopped_at < 4 * 44
     if stop == signal.SIGTERM:
         assert "stopped by SIGTERM after saving last.ckpt" in stderr.strip().splitlines()[-1]
+    if stop == signal.SIGINT:
+        assert "; saved " in stderr and "Traceback" not in stderr
 
     resumed = run_cli(workdir, *FIT, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "lightning_logs/version_1/checkpoints/last.ckpt" in resumed.stderr + resumed.stdout
 
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+    for version in (0, 1):
+        folder = last_ckpt(workdir, version).parent
+        assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]
+    best = checkpoints.resolve("best", workdir / "lightning_logs")
+    (reference_best,) = last_ckpt(workdir, 0).parent.glob("best-*.ckpt")
+    assert best.parent == last_ckpt(workdir, 1).parent and best.name == reference_best.name
     runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
     assert runs == ["version_0", "version_1"], "the resumed run must log into its own folder"
     assert len(list((workdir / "lightning_logs" / "version_1").glob("events.out.tfevents.*"))) == 2

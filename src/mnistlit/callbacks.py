@@ -1,6 +1,8 @@
 """Callbacks the CLI always adds: exact resume, per-epoch history, pictures, predictions."""
 
 import csv
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,14 @@ class PeriodicLastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, every_n_train_steps: int = 100) -> None:
-        super().__init__(save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+        # No version counter: this callback and the best-checkpoint one both write last.ckpt
+        # (whichever saved most recently holds the latest state), never last-v1.ckpt.
+        super().__init__(
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+        )
 
 
 class ExactResume(L.Callback):
@@ -33,13 +42,17 @@ class ExactResume(L.Callback):
 
     - The global RNG states travel with every checkpoint and are put back when training
       restarts: dropout draws from them, and Lightning does not save them.
-    - SIGTERM or Ctrl-C writes ``last.ckpt`` before the run stops. (ModelCheckpoint's
-      ``save_on_exception`` would also save on any error, including a NaN loss, and would
-      name the file like a best checkpoint.)
+    - SIGTERM or Ctrl-C writes ``last.ckpt`` before the run stops. Both take effect at the
+      end of the current step (Lightning defers SIGTERM; the first Ctrl-C is deferred here,
+      a second one interrupts at once), so the saved state is never half an optimizer step.
+      (ModelCheckpoint's ``save_on_exception`` would also save on any error, including a
+      NaN loss, and would name the file like a best checkpoint.)
     """
 
     def __init__(self) -> None:
         self._restored: dict[str, Any] | None = None
+        self._stop_requested = False
+        self._previous_sigint = None
 
     def state_dict(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}
@@ -51,6 +64,8 @@ class ExactResume(L.Callback):
         self._restored = state_dict
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._request_stop)
         if self._restored is None:
             return
         torch.set_rng_state(self._restored["torch"])
@@ -58,10 +73,24 @@ class ExactResume(L.Callback):
             torch.cuda.set_rng_state_all(self._restored["cuda"])
         self._restored = None
 
+    def _request_stop(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        self._stop_requested = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        stopped = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        stopped = isinstance(exception, SIGTERMException) or (
+            isinstance(exception, KeyboardInterrupt) and self._stop_requested
+        )
         if not stopped or not trainer.training or trainer.checkpoint_callback is None:
             return
         path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"

@@ -97,8 +97,9 @@ def best_in(folder: Path) -> Path | None:
     last = folder / "last.ckpt"
     if last.is_file():
         for key, state in load(last).get("callbacks", {}).items():
-            if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
-                return folder / Path(state["best_model_path"]).name
+            recorded = key.startswith("ModelCheckpoint") and state.get("best_model_path")
+            if recorded and (folder / Path(recorded).name).is_file():
+                return folder / Path(recorded).name
     candidates = list(folder.glob("best*.ckpt"))
     return candidates[0] if len(candidates) == 1 else None
 

@@ -31,6 +31,8 @@ class MnistCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:02d}-{val_acc:.4f}",
+                # last.ckpt is shared with last_checkpoint; a counter would make it last-v1.ckpt.
+                "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(PeriodicLastCheckpoint, "last_checkpoint")

@@ -17,7 +17,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class InMemoryDigits(Dataset):
-    """Images (N, 28, 28) uint8 and labels (N,) held in memory.
+    """Images (N, 28, 28) uint8 and labels (N,) held in memory, on the training device: on a
+    GPU the whole dataset (55 MB) is copied there once and batches never cross the bus.
 
     ``__getitems__`` lets the DataLoader fetch a whole batch with one indexing operation
     instead of collating images one at a time; the samplers (and Lightning's
@@ -34,7 +35,7 @@ class InMemoryDigits(Dataset):
         return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, device=self.images.device)
         return self.images[index], self.labels[index]
 
 
@@ -91,6 +92,7 @@ class MNISTDataModule(L.LightningDataModule):
         ensure_files(self.dataset, self.data_dir)
 
     def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         folder = self.data_dir / self.dataset.name
         train_images, train_labels, test_images, test_labels = (folder / name for name in self.dataset.files)
         if stage in ("fit", "validate"):
@@ -100,13 +102,13 @@ class MNISTDataModule(L.LightningDataModule):
                     f"data.val_size={self.val_size} leaves no training images (the set has {len(labels)})"
                 )
             train, val = split_indices(len(labels), self.val_size, self.split_seed)
-            self.train_set = InMemoryDigits(images[train], labels[train])
-            self.val_set = InMemoryDigits(images[val], labels[val])
+            self.train_set = InMemoryDigits(images[train].to(device), labels[train].to(device))
+            self.val_set = InMemoryDigits(images[val].to(device), labels[val].to(device))
         if stage == "predict" and self.predict_dir is not None:
             self.predict_set = self._images_to_predict()
         elif stage in ("test", "predict"):
             self.test_set = InMemoryDigits(
-                read_image_file(str(test_images)), read_label_file(str(test_labels))
+                read_image_file(str(test_images)).to(device), read_label_file(str(test_labels)).to(device)
             )
             self.predict_set = self.test_set
 

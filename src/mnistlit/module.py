@@ -46,6 +46,7 @@ class LitClassifier(L.LightningModule):
         lr_scheduler: builds an LR scheduler from the optimizer, or none.
         lr_scheduler_interval: ``epoch`` to step the scheduler after every epoch, ``step``
             after every optimizer step (OneCycleLR).
+        compile: compile the network with ``torch.compile`` (checkpoints stay compatible).
         num_classes: size of the network's output.
     """
 
@@ -56,6 +57,7 @@ class LitClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         num_classes: int = 10,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI this records the config (class paths), so load_from_checkpoint
@@ -66,11 +68,16 @@ class LitClassifier(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
+        self.compile = compile
         self.loss_fn = nn.CrossEntropyLoss(reduction="none")
         self.train_metrics = StageMetrics(num_classes)
         self.val_metrics = StageMetrics(num_classes)
         self.test_metrics = StageMetrics(num_classes)
         self._first_nonfinite_step: Tensor | None = None
+
+    def configure_model(self) -> None:
+        if self.compile:
+            self.net.compile()  # in place: state_dict keys do not change
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
