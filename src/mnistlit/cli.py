@@ -76,9 +76,15 @@ class MnistCLI(LightningCLI):
         if logger is None or logger is True:
             runs = runs_folder(self.config[self.subcommand].trainer)
             ckpt_path = config.get("ckpt_path")
-            resuming = self.subcommand == "fit" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints"
+            run = Path(ckpt_path).parent.parent if ckpt_path else None
+            resuming = (
+                self.subcommand == "fit"
+                and run is not None
+                and run.parent.resolve() == runs.resolve()
+                and checkpoints.version_of(run) >= 0
+            )
             if resuming:
-                version = checkpoints.version_of(Path(ckpt_path).parent.parent)
+                version = checkpoints.version_of(run)
                 self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, now with ckpt_path
             else:
                 version = self._reserve_version(runs)
