@@ -205,3 +205,13 @@ def test_two_runs_started_together_get_their_own_folders(workdir: Path) -> None:
         assert (run / "config.yaml").is_file()
         assert (run / "checkpoints" / "last.ckpt").is_file()
         assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
+def test_resuming_from_a_checkpoint_outside_the_runs_folder_starts_a_new_run(workdir: Path) -> None:
+    first = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (workdir / "copied.ckpt").write_bytes(last_ckpt(workdir, 0).read_bytes())
+    resumed = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "2", "--ckpt_path", "copied.ckpt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert last_ckpt(workdir, 1).is_file()
+    assert torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["epoch"] == 1
