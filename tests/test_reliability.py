@@ -92,6 +92,8 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: sig
     best = checkpoints.resolve("best", workdir / "lightning_logs")
     (reference_best,) = last_ckpt(workdir, 0).parent.glob("best-*.ckpt")
     assert best.parent == last_ckpt(workdir, 1).parent and best.name == reference_best.name
+    with open(workdir / "lightning_logs" / "version_1" / "history.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()] == ["epoch", "0", "1", "2", "3"]
     runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
     assert runs == ["version_0", "version_1"], "the resumed run must log into its own folder"
     assert len(list((workdir / "lightning_logs" / "version_1").glob("events.out.tfevents.*"))) == 2
