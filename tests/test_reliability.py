@@ -216,4 +216,6 @@ def test_resuming_from_a_checkpoint_outside_the_runs_folder_starts_a_new_run(wor
     resumed = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "2", "--ckpt_path", "copied.ckpt")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert last_ckpt(workdir, 1).is_file()
-    assert torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["epoch"] == 1
+    resumed_state = torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)
+    assert resumed_state["global_step"] == 2 * 44  # it went on from the copied epoch, not from zero
+    assert [row["epoch"] for row in resumed_state["callbacks"]["EpochHistory"]["rows"]] == [0, 1]

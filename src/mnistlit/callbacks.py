@@ -105,24 +105,51 @@ class EpochHistory(L.Callback):
     A row is completed when the next epoch starts (or training ends): callbacks see
     ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.
     ``seconds`` is the wall time from one epoch's start to the next one's: training,
-    validation, checkpoints and writing the previous row and its plot. The rows travel in
-    checkpoints, so a resumed run keeps the history of the first part (the epoch that was
-    cut short counts the seconds of its second part only).
+    validation, checkpoints and writing the previous row and its plot.
+
+    The rows travel in checkpoints, and so does the epoch in progress: a run resumed
+    mid-epoch adds the seconds of the first part to that epoch, and a run resumed from a
+    checkpoint taken after an epoch's validation but before its row was complete gets
+    that row back, with the validation metrics and without the train ones (NaN): those are
+    logged only after the checkpoint was written.
     """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
         self.path: Path | None = None
         self._pending: dict[str, float] | None = None
+        self._trainer: L.Trainer | None = None
+        self._started: float | None = None
+        self._restored_epoch: dict[str, float] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
+        current = None
+        if self._trainer is not None and self._started is not None:
+            metrics = self._trainer.callback_metrics
+            current = {name: float(metrics[name]) for name in ("val_loss", "val_acc") if name in metrics}
+            current.update(
+                epoch=self._trainer.current_epoch, lr=self._lr, seconds=time.perf_counter() - self._started
+            )
+        return {"rows": self.rows, "current_epoch": current}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = state_dict["rows"]
+        self._restored_epoch = state_dict.get("current_epoch")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start_epoch(trainer, time.perf_counter())  # a run resumed mid-epoch gets no epoch start
+        now = time.perf_counter()
+        self._start_epoch(trainer, now)  # a run resumed mid-epoch gets no epoch start
+        restored, self._restored_epoch = self._restored_epoch, None
+        if restored is None or any(row["epoch"] == restored["epoch"] for row in self.rows):
+            return
+        if restored["epoch"] < trainer.current_epoch:  # saved after that epoch's validation
+            self.rows.append({name: restored.get(name, float("nan")) for name in HISTORY_COLUMNS})
+            self._write(trainer)
+        else:  # saved mid-epoch: this epoch's seconds include the part before the stop
+            self._started = now - restored["seconds"]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = time.perf_counter()
