@@ -18,6 +18,7 @@ from mnistlit.sources import idx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "base.yaml"
+CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")  # base.yaml with tiny.yaml on top
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -112,3 +113,12 @@ def workdir(tmp_path: Path, tiny_data: tuple[Path, dict[str, str]]) -> Path:
     _, md5 = tiny_data
     tiny_config(tmp_path, md5)
     return tmp_path
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    """The run failed with a message, not a traceback, whose last line holds every phrase."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for phrase in phrases:
+        assert phrase in last, result.stderr[-3000:]

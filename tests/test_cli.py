@@ -9,17 +9,7 @@ import pytest
 import torch
 import yaml
 
-from .conftest import BASE_CONFIG, run_cli, tiny_config, write_synthetic_mnist
-
-CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
-
-
-def assert_one_clear_line(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    for phrase in phrases:
-        assert phrase in last, result.stderr
+from .conftest import BASE_CONFIG, CONFIGS, assert_one_clear_line, run_cli, tiny_config, write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from mnistlit.images import load_digits, preprocess_image
 
-from .conftest import BASE_CONFIG, run_cli, tiny_config, write_synthetic_mnist
-
-CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
+from .conftest import CONFIGS, run_cli, tiny_config, write_synthetic_mnist
 
 
 def draw_seven(size=(400, 300), origin=(250, 40), ink=0, paper=255, mode="L") -> Image.Image:

@@ -12,20 +12,11 @@ import torch
 
 from mnistlit import checkpoints
 
-from .conftest import BASE_CONFIG, run_cli
+from .conftest import CONFIGS, assert_one_clear_line, run_cli
 
-CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")
 # Deterministic kernels, a last.ckpt every 5 steps, 4 epochs of 44 steps.
 FIT = ("fit", *CONFIGS, "--trainer.max_epochs", "4", "--model.lr_scheduler.init_args.T_max", "4",
        "--trainer.deterministic", "true", "--last_checkpoint.every_n_train_steps", "5")  # fmt: skip
-
-
-def assert_one_clear_line(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    for phrase in phrases:
-        assert phrase in last, result.stderr[-3000:]
 
 
 def start_cli(workdir: Path, *args: str) -> subprocess.Popen:

@@ -1,5 +1,6 @@
 """The pictures a run leaves: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,7 @@ def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Fig
 def learning_curves(rows: list[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train against validation, best validation epoch marked."""
     epochs = [int(r["epoch"]) for r in rows]
-    best = max(rows, key=lambda r: r["val_acc"] if r["val_acc"] == r["val_acc"] else -1)
+    best = max(rows, key=lambda r: -1 if math.isnan(r["val_acc"]) else r["val_acc"])
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
         ax.plot(epochs, [r[f"train_{metric}"] for r in rows], "o-", label=f"train_{metric}")
