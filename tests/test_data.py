@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, split_indices
+from mnistlit.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    InMemoryDigits,
+    MNISTDataModule,
+    ResumableBatches,
+    split_indices,
+)
 from mnistlit.errors import MnistlitError
 from mnistlit.sources import IDXDataset
 
@@ -52,6 +59,60 @@ def test_training_batches_cover_the_training_set_once_per_epoch(tiny_data) -> No
     seen = torch.cat([images.flatten(1) for images, _ in dm.train_dataloader()])
     assert seen.shape[0] == len(dm.train_set)
     assert torch.equal(torch.unique(seen, dim=0), torch.unique(dm.train_set.images.flatten(1), dim=0))
+
+
+def numbered(count: int) -> InMemoryDigits:
+    """A dataset whose labels are the image indices, so batches show which images they hold."""
+    return InMemoryDigits(torch.zeros(count, 28, 28, dtype=torch.uint8), torch.arange(count))
+
+
+def labels_of(loader: ResumableBatches) -> list[int]:
+    return [label for _, labels in loader for label in labels.tolist()]
+
+
+def test_each_epoch_has_its_own_order_and_resumes_after_the_last_batch_served() -> None:
+    epoch = 0
+    loader = ResumableBatches(numbered(100), batch_size=8, shuffle=True, seed=3, current_epoch=lambda: epoch)
+    first = labels_of(loader)
+    assert sorted(first) == list(range(100)) and first != list(range(100))
+    epoch = 1
+    second = labels_of(loader)
+    assert sorted(second) == list(range(100)) and second != first
+
+    batches = iter(loader)
+    for _ in range(5):
+        next(batches)
+    state = loader.state_dict()
+    assert state == {"seed": 3, "epoch": 1, "served": 5}
+    fresh = ResumableBatches(numbered(100), batch_size=8, shuffle=True, current_epoch=lambda: 1)
+    iter(fresh)  # an iterator that is never advanced (Lightning makes one to check) changes nothing
+    fresh.load_state_dict(state)
+    assert labels_of(fresh) == second[40:]
+    assert labels_of(fresh) == second, "only the pass right after a restore continues"
+
+
+def test_a_restored_state_from_another_epoch_starts_the_current_epoch_afresh() -> None:
+    loader = ResumableBatches(numbered(100), batch_size=8, shuffle=True, seed=3, current_epoch=lambda: 1)
+    expected = labels_of(loader)
+    finished_epoch_0 = {"seed": 3, "epoch": 0, "served": 13}  # what an epoch-end checkpoint holds
+    loader.load_state_dict(finished_epoch_0)
+    assert labels_of(loader) == expected
+
+
+@pytest.mark.parametrize("total", [100, 101])
+def test_ddp_shards_are_disjoint_and_cover_the_set(total: int) -> None:
+    def shards(shuffle: bool) -> list[list[int]]:
+        return [
+            labels_of(ResumableBatches(numbered(total), 8, shuffle, seed=5, rank=rank, world_size=2))
+            for rank in (0, 1)
+        ]
+
+    rank0, rank1 = shards(shuffle=False)  # evaluation: every image exactly once
+    assert sorted(rank0 + rank1) == list(range(total))
+    rank0, rank1 = shards(shuffle=True)  # training: equal lengths, so both ranks step together
+    assert len(rank0) == len(rank1) == (total + 1) // 2
+    assert set(rank0 + rank1) == set(range(total))
+    assert len(set(rank0) & set(rank1)) == total % 2  # the one index repeated as padding
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,22 +19,34 @@ from mnistlit import plots
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
-class PeriodicLastCheckpoint(ModelCheckpoint):
-    """Rewrites ``last.ckpt`` every ``every_n_train_steps`` steps, so a crash loses at most that many.
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt``: every ``every_n_train_steps`` steps, so a crash loses at most that
+    many (the data loader's position is in the checkpoint, so it resumes mid-epoch), at the
+    end of every epoch, and when training ends.
 
-    The best-by-val_acc ModelCheckpoint saves at epoch ends; this one exists so that a run
-    killed mid-epoch resumes mid-epoch (the data loader's position is in the checkpoint).
+    The best-by-val_acc ModelCheckpoint keeps the best weights; this one keeps the latest
+    state. (Lightning 2.6's own ``save_last`` rewrites last.ckpt at an epoch's end only when
+    that epoch also saved a best checkpoint, so a finished run's last.ckpt could be steps
+    behind its final weights.) Saving at ``on_train_epoch_end`` also puts it after the best
+    checkpoint's save, so the best path recorded in last.ckpt is current.
     """
 
     def __init__(self, every_n_train_steps: int = 100) -> None:
-        # No version counter: this callback and the best-checkpoint one both write last.ckpt
-        # (whichever saved most recently holds the latest state), never last-v1.ckpt.
         super().__init__(
             save_top_k=0,
             save_last=True,
             every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,
+            enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
         )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Again at the same step: the callbacks' states are final now (the history's last row).
+        if not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ExactResume(L.Callback):
@@ -217,7 +229,7 @@ def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-class PredictionCSV(BasePredictionWriter):
+class PredictionCSV(L.Callback):
     """Writes ``predictions.csv`` (item, target, prediction, probability, top3) into the run
     folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
 
@@ -227,7 +239,6 @@ class PredictionCSV(BasePredictionWriter):
     sheet_size = 100
 
     def __init__(self, filename: str = "predictions.csv") -> None:
-        super().__init__(write_interval="batch")
         self.filename = filename
         self.path: Path | None = None
 
@@ -238,11 +249,12 @@ class PredictionCSV(BasePredictionWriter):
             csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3"])
         self._sheet: list[tuple[torch.Tensor, str]] = []
 
-    def write_on_batch_end(
-        self, trainer, pl_module, prediction: torch.Tensor, batch_indices, batch, batch_idx, dataloader_idx
+    def on_predict_batch_end(
+        self, trainer, pl_module, prediction: torch.Tensor, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         items = getattr(trainer.datamodule, "predict_items", None)
-        names = [str(items[i]) if items is not None else str(i) for i in batch_indices]
+        indices = trainer.predict_dataloaders.indices_of(batch_idx).tolist()
+        names = [str(items[i]) if items is not None else str(i) for i in indices]
         top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
         targets = ["" if t < 0 else t for t in batch[1].tolist()]
         with open(self.path, "a", newline="") as f:

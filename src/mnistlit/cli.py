@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnistlit import checkpoints
-from mnistlit.callbacks import EpochHistory, ExactResume, PeriodicLastCheckpoint, PredictionCSV, RunPictures
+from mnistlit.callbacks import EpochHistory, ExactResume, LastCheckpoint, PredictionCSV, RunPictures
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError
 from mnistlit.module import LitClassifier
@@ -29,13 +29,10 @@ class MnistCLI(LightningCLI):
                 "checkpoint.monitor": "val_acc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:02d}-{val_acc:.4f}",
-                # last.ckpt is shared with last_checkpoint; a counter would make it last-v1.ckpt.
-                "checkpoint.enable_version_counter": False,
             }
         )
-        parser.add_lightning_class_args(PeriodicLastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
             {"early_stopping.monitor": "val_acc", "early_stopping.mode": "max", "early_stopping.patience": 3}
@@ -125,14 +122,10 @@ def runs_folder(trainer: Namespace) -> Path:
 
 def quiet_known_noise() -> None:
     """Silence messages that tell a user nothing about their run."""
-    # Batches are slices of in-memory tensors: worker processes would only add copies.
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # Lightning 2.6 calls a torch API that torch 2.14 deprecated; nothing for a user to do.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # test/predict in a new process restore a checkpoint from another run's folder, by design.
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-    # torchdata 0.11 calls a torch API that torch 2.14 deprecated, once per loader iterator.
-    warnings.filterwarnings("ignore", message=r".*'set_vital' is deprecated.*")
     # Each run's version_N folder is created before the logger sees it.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(

@@ -1,12 +1,13 @@
 """MNISTDataModule: verified IDX files -> uint8 tensors in memory -> batches cut by indexing."""
 
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import Dataset
-from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnistlit.errors import MnistlitError
@@ -18,12 +19,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 class InMemoryDigits(Dataset):
     """Images (N, 28, 28) uint8 and labels (N,) held in memory, on the training device: on a
-    GPU the whole dataset (55 MB) is copied there once and batches never cross the bus.
-
-    ``__getitems__`` lets the DataLoader fetch a whole batch with one indexing operation
-    instead of collating images one at a time; the samplers (and Lightning's
-    DistributedSampler under DDP) still decide which indices a batch holds.
-    """
+    GPU the whole dataset (55 MB) is copied there once and batches never cross the bus."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
@@ -31,22 +27,91 @@ class InMemoryDigits(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.images.device)
-        return self.images[index], self.labels[index]
+
+class ResumableBatches:
+    """Batches cut from an in-memory dataset by indexing, in an order that can be saved.
+
+    Epoch ``e`` (asked of ``current_epoch`` when a pass starts: the trainer's epoch) visits a
+    permutation drawn from ``seed + e``, or the natural order, so the loader's whole position
+    is three numbers: the seed, the epoch and the batches already served. Lightning saves
+    ``state_dict()`` in every checkpoint and hands it back to ``load_state_dict()`` when it
+    resumes mid-epoch; that epoch then continues after the last batch trained. Any other pass
+    starts at its epoch's first batch, so a resume from an epoch's end (where Lightning does
+    not restore loader states) still gets the next epoch's order.
+
+    Under DDP each rank takes every ``world_size``-th index of the same permutation. Training
+    shards are padded with the permutation's first indices to equal length (as
+    DistributedSampler does) so that all ranks step together; evaluation shards are not, so
+    every image is scored exactly once.
+    """
+
+    def __init__(
+        self,
+        dataset: InMemoryDigits,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        current_epoch: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.rank, self.world_size, self.current_epoch = rank, world_size, current_epoch
+        self.epoch, self.served = 0, 0
+        self._resuming = False
+
+    def shard(self, epoch: int) -> torch.Tensor:
+        """The dataset indices this rank visits in ``epoch``, in order."""
+        total = len(self.dataset)
+        if not self.shuffle:
+            return torch.arange(self.rank, total, self.world_size)
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed + epoch))
+        padded = math.ceil(total / self.world_size) * self.world_size
+        order = torch.cat([order, order[: padded - total]])
+        return order[self.rank :: self.world_size]
+
+    def indices_of(self, batch_idx: int) -> torch.Tensor:
+        """The dataset indices in batch ``batch_idx`` of the current epoch."""
+        start = batch_idx * self.batch_size
+        return self.shard(self.epoch)[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        total = len(self.dataset)
+        shard = (
+            math.ceil(total / self.world_size)
+            if self.shuffle
+            else len(range(self.rank, total, self.world_size))
+        )
+        return math.ceil(shard / self.batch_size)
+
+    def __iter__(self):
+        # A generator: nothing happens until the first batch is asked for, by then the trainer
+        # has set its epoch (Lightning also calls iter() once only to check it is iterable).
+        epoch = self.current_epoch()
+        if not (self._resuming and self.epoch == epoch):
+            self.epoch, self.served = epoch, 0
+        self._resuming = False
+        indices = self.shard(self.epoch).to(self.dataset.images.device)
+        while self.served < len(self):
+            start = self.served * self.batch_size
+            self.served += 1  # counted before the step runs: a checkpoint then points past it
+            yield self.dataset[indices[start : start + self.batch_size]]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.served = state["seed"], state["epoch"], state["served"]
+        self._resuming = True
 
 
 def split_indices(total: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of ``range(total)`` into (train, validation) indices."""
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]
-
-
-def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -112,25 +177,28 @@ class MNISTDataModule(L.LightningDataModule):
             )
             self.predict_set = self.test_set
 
-    def _loader(self, dataset: InMemoryDigits, shuffle: bool) -> StatefulDataLoader:
-        # StatefulDataLoader: its position within the epoch goes into every checkpoint, so a
-        # run killed mid-epoch resumes at the next batch. No worker processes: batches are
-        # slices of tensors already in memory, workers would only add inter-process copies.
-        return StatefulDataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=already_batched
-        )
+    def _loader(self, dataset: InMemoryDigits, shuffle: bool = False) -> ResumableBatches:
+        if self.trainer is None:
+            return ResumableBatches(dataset, self.batch_size, shuffle, seed=torch.initial_seed())
+        # The shuffling seed must be the same on every rank for the shards to be disjoint.
+        seed = self.trainer.strategy.broadcast(torch.initial_seed(), src=0)
+        trainer = self.trainer
+        return ResumableBatches(
+            dataset, self.batch_size, shuffle, seed, trainer.global_rank, trainer.world_size,
+            current_epoch=lambda: trainer.current_epoch,
+        )  # fmt: skip
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> ResumableBatches:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> StatefulDataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def val_dataloader(self) -> ResumableBatches:
+        return self._loader(self.val_set)
 
-    def test_dataloader(self) -> StatefulDataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    def test_dataloader(self) -> ResumableBatches:
+        return self._loader(self.test_set)
 
-    def predict_dataloader(self) -> StatefulDataLoader:
-        return self._loader(self.predict_set, shuffle=False)
+    def predict_dataloader(self) -> ResumableBatches:
+        return self._loader(self.predict_set)
 
     def _images_to_predict(self) -> InMemoryDigits:
         files = image_files(self.predict_dir)
