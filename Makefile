@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench speedrun clean
+.PHONY: install fit test lint tensorboard bench speedrun strong clean
 
 install: $(VENV)/.installed
 
@@ -33,4 +33,7 @@ bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 speedrun: install
-	$(PY) benchmarks/speedrun.py
+	$(PY) benchmarks/seeds.py --config configs/speedrun.yaml --seeds 0 1 2 3 4
+
+strong: install
+	$(PY) benchmarks/seeds.py --config configs/strong.yaml --seeds 0 1 2

@@ -143,13 +143,22 @@ def test_no_data_and_no_source_is_one_clear_line(workdir: Path) -> None:
     assert "files in the data folder" in result.stderr and "download mirrors" in result.stderr
 
 
-def test_the_speedrun_config_trains_end_to_end(workdir: Path) -> None:
-    speedrun = str(BASE_CONFIG.with_name("speedrun.yaml"))
-    result = run_cli(workdir, "fit", "--config", speedrun, "--config", "tiny.yaml")
+@pytest.mark.parametrize(("config", "net"), [("speedrun.yaml", "SpeedrunNet"), ("strong.yaml", "StrongNet")])
+def test_the_speedrun_and_strong_configs_train_end_to_end(workdir: Path, config: str, net: str) -> None:
+    # Their one-cycle schedules shrunk to the tiny data: 2 epochs of ceil(1400 / 32) steps.
+    one_cycle = (
+        "--model.lr_scheduler.init_args.epochs",
+        "2",
+        "--model.lr_scheduler.init_args.steps_per_epoch",
+        "44",
+    )
+    result = run_cli(
+        workdir, "fit", "--config", str(BASE_CONFIG.with_name(config)), "--config", "tiny.yaml", *one_cycle
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = workdir / "lightning_logs" / "version_0"
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["net"]["class_path"] == "mnistlit.nets.SpeedrunNet"
+    assert config["model"]["net"]["class_path"] == f"mnistlit.nets.{net}"
     assert config["model"]["lr_scheduler_interval"] == "step"
     with open(run / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))

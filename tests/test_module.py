@@ -1,7 +1,7 @@
 import torch
 
 from mnistlit.module import LitClassifier
-from mnistlit.nets import Net, SpeedrunNet
+from mnistlit.nets import Net, SpeedrunNet, StrongNet
 
 from .conftest import draw_digits
 
@@ -17,6 +17,13 @@ def test_the_speedrun_net_maps_digits_to_ten_logits() -> None:
     net = SpeedrunNet()
     assert net(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
     assert sum(p.numel() for p in net.parameters()) == 212_682
+
+
+def test_the_strong_net_maps_digits_to_ten_logits() -> None:
+    net = StrongNet()
+    assert net(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
+    assert sum(p.numel() for p in net.parameters()) == 131_690
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 4
 
 
 def test_training_steps_lower_the_loss() -> None:

@@ -180,8 +180,9 @@ def test_a_checkpoint_of_another_model_is_refused(workdir: Path) -> None:
         (("--trainer.max_epochs", "0"), "max_epochs must be at least 1"),
         (("--trainer.default_root_dir", "a_file/logs"), "cannot create a run folder in a_file/logs"),
         (("--data.data_dir", "a_file/data"), "could not get the mnist files"),
+        (("--data.dataset", "emnist"), "data.dataset 'emnist' is not one of mnist, fashion_mnist, kmnist"),
     ],
-    ids=["batch-size", "val-size", "max-epochs", "log-folder", "data-folder"],
+    ids=["batch-size", "val-size", "max-epochs", "log-folder", "data-folder", "dataset-name"],
 )
 def test_a_bad_value_stops_before_training_with_one_line(workdir: Path, args, message) -> None:
     (workdir / "a_file").write_text("a file where a folder is expected")

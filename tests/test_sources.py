@@ -11,7 +11,18 @@ import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnistlit.errors import MnistlitError
-from mnistlit.sources import MNIST, IDXDataset, _NumpyArraysOnly, ensure_files, idx_bytes, mnist_from_pickle
+from mnistlit.sources import (
+    FASHION_MNIST,
+    KMNIST,
+    MNIST,
+    IDXDataset,
+    _NumpyArraysOnly,
+    dataset_named,
+    ensure_files,
+    idx_bytes,
+    mnist_from_pickle,
+    read_idx,
+)
 
 from .conftest import FILES, draw_digits, write_synthetic_mnist
 
@@ -22,6 +33,62 @@ def test_idx_files_round_trip(tmp_path: Path) -> None:
     (tmp_path / "labels").write_bytes(idx_bytes(labels))
     assert torch.equal(read_image_file(str(tmp_path / "images")), torch.from_numpy(images))
     assert torch.equal(read_label_file(str(tmp_path / "labels")).to(torch.uint8), torch.from_numpy(labels))
+
+
+def test_read_idx_decodes_plain_and_gzipped_files(tmp_path: Path) -> None:
+    images, labels = draw_digits(50, seed=0)
+    (tmp_path / "images").write_bytes(idx_bytes(images))
+    (tmp_path / "labels.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    assert torch.equal(read_idx(tmp_path / "images"), torch.from_numpy(images))
+    assert torch.equal(read_idx(tmp_path / "labels.gz"), torch.from_numpy(labels))
+    (tmp_path / "text").write_text("not an idx file")
+    with pytest.raises(MnistlitError, match="not an IDX file"):
+        read_idx(tmp_path / "text")
+
+
+def test_datasets_by_name() -> None:
+    assert dataset_named("mnist") is MNIST
+    assert dataset_named("fashion_mnist").classes[0] == "T-shirt/top"
+    assert dataset_named("kmnist").files[0] == "train-images-idx3-ubyte.gz"
+    with pytest.raises(MnistlitError, match="'emnist' is not one of mnist, fashion_mnist, kmnist"):
+        dataset_named("emnist")
+
+
+def test_a_system_folder_of_gzipped_files_is_used_before_any_download(tmp_path: Path, capsys) -> None:
+    """Like /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist package."""
+    plain = tmp_path / "plain"
+    md5 = write_synthetic_mnist(plain)
+    system = tmp_path / "usr-share"
+    system.mkdir()
+    for name in FILES:
+        (system / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes()))
+    fashion = replace(FASHION_MNIST, md5=md5, local_dirs=[str(system)], mirrors=[])
+    folder = ensure_files(fashion, tmp_path / "data")
+    assert folder == tmp_path / "data" / "fashion_mnist"
+    assert all((folder / name).read_bytes() == (plain / name).read_bytes() for name in FILES)
+    assert "fashion_mnist fetched from system folders" in capsys.readouterr().err
+
+    (folder / FILES[1]).unlink()
+    (system / f"{FILES[1]}.gz").write_bytes(gzip.compress(b"altered"))
+    with pytest.raises(MnistlitError, match=f"{FILES[1]} has MD5 .*, expected {md5[FILES[1]]}"):
+        ensure_files(fashion, tmp_path / "data")
+
+
+def test_a_dataset_published_only_as_archives_is_kept_gzipped(tmp_path: Path) -> None:
+    """KMNIST publishes the archives' MD5s only: the .gz is verified and stored as served."""
+    plain = tmp_path / "plain"
+    write_synthetic_mnist(plain)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    md5 = {}
+    for name in FILES:
+        archive = gzip.compress((plain / name).read_bytes())
+        (mirror / f"{name}.gz").write_bytes(archive)
+        md5[f"{name}.gz"] = hashlib.md5(archive).hexdigest()
+    kmnist = replace(KMNIST, md5=md5, mirrors=[mirror.as_uri() + "/"])
+    folder = ensure_files(kmnist, tmp_path / "data")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{name}.gz" for name in FILES)
+    assert torch.equal(read_idx(folder / KMNIST.train_images), read_idx(plain / FILES[0]))
 
 
 def test_files_already_in_data_dir_are_used(tiny_data) -> None:

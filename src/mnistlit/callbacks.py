@@ -188,11 +188,11 @@ class EpochHistory(L.Callback):
         self._pending = None
         self._write(trainer)
 
-    @rank_zero_only
     def _write(self, trainer: L.Trainer) -> None:
-        if trainer.log_dir is None:
+        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank must ask
+        if log_dir is None or not trainer.is_global_zero:
             return
-        self.path = Path(trainer.log_dir) / "history.csv"
+        self.path = Path(log_dir) / "history.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
@@ -233,7 +233,8 @@ class PredictionCSV(L.Callback):
     """Writes ``predictions.csv`` (item, target, prediction, probability, top3) into the run
     folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
 
-    ``item`` is the image file when predicting ``--data.predict_dir``, else the test-set index.
+    ``item`` is the image file when predicting ``--data.predict_dir``, else the test-set index;
+    targets and predictions are the dataset's class names (digits for MNIST).
     """
 
     sheet_size = 100
@@ -253,24 +254,27 @@ class PredictionCSV(L.Callback):
         self, trainer, pl_module, prediction: torch.Tensor, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         items = getattr(trainer.datamodule, "predict_items", None)
+        classes = getattr(trainer.datamodule, "class_names", None) or [
+            str(c) for c in range(prediction.shape[1])
+        ]
         indices = trainer.predict_dataloaders.indices_of(batch_idx).tolist()
         names = [str(items[i]) if items is not None else str(i) for i in indices]
         top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
-        targets = ["" if t < 0 else t for t in batch[1].tolist()]
+        targets = ["" if t < 0 else classes[t] for t in batch[1].tolist()]
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerows(
                 (
                     name,
                     target,
-                    k[0],
+                    classes[k[0]],
                     f"{p[0]:.6f}",
-                    " ".join(f"{c}:{q:.4f}" for c, q in zip(k, p, strict=True)),
+                    " ".join(f"{classes[c]}:{q:.4f}" for c, q in zip(k, p, strict=True)),
                 )
                 for name, target, k, p in zip(names, targets, top_k, top_p, strict=True)
             )
         room = self.sheet_size - len(self._sheet)
         for image, name, k, p in list(zip(batch[0], names, top_k, top_p, strict=True))[:room]:
-            self._sheet.append((image[0].cpu(), f"{Path(name).name[:16]}\n-> {k[0]} ({p[0]:.2f})"))
+            self._sheet.append((image[0].cpu(), f"{Path(name).name[:16]}\n-> {classes[k[0]]} ({p[0]:.2f})"))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         print(f"predictions written to {self.path}")
@@ -353,13 +357,15 @@ class RunPictures(L.Callback):
     def _tensorboard(trainer: L.Trainer):
         return trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
 
-    @rank_zero_only
     def _publish(self, trainer: L.Trainer, name: str, figure) -> None:
+        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank must ask
+        if not trainer.is_global_zero:
+            return
         experiment = self._tensorboard(trainer)
         if experiment is not None:
             experiment.add_figure(name, figure, global_step=trainer.global_step, close=False)
-        if trainer.log_dir is not None:
-            path = Path(trainer.log_dir) / f"{name}.png"
+        if log_dir is not None:
+            path = Path(log_dir) / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             plots.save(figure, path)
 

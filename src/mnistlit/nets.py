@@ -56,3 +56,35 @@ class SpeedrunNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class StrongNet(nn.Module):
+    """A compact CNN with BatchNorm for configs/strong.yaml (132k parameters).
+
+    conv 5x5/32 → pool → conv 3x3/64 ×2 → pool → conv 3x3/128 → global average → fc 10.
+    Pooling early keeps the widest convolutions at 12x12 and 6x6, where they are cheap on a CPU.
+    """
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(1, 32, 5),  # 28 -> 24
+            nn.MaxPool2d(2),  # 12
+            conv_bn_relu(32, 64, 3, padding=1),
+            conv_bn_relu(64, 64, 3, padding=1),
+            nn.MaxPool2d(2),  # 6
+            conv_bn_relu(64, 128, 3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(128, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

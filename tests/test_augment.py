@@ -1,0 +1,58 @@
+from types import SimpleNamespace
+
+import torch
+
+from mnistlit.augment import RandomAffine
+from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
+from mnistlit.sources import IDXDataset
+
+from .conftest import draw_digits
+
+
+def digits(count: int = 64) -> torch.Tensor:
+    images, _ = draw_digits(count, seed=4)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+
+def test_each_image_gets_its_own_transform_repeatably_with_a_seed() -> None:
+    images = digits()
+    torch.manual_seed(0)
+    first = RandomAffine()(images)
+    torch.manual_seed(0)
+    again = RandomAffine()(images)
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert torch.equal(first, again)
+    changed = (first - images).abs().flatten(1).amax(dim=1) > 0.1
+    assert changed.all(), "every image is moved"
+    assert not torch.equal(first[0] - images[0], first[1] - images[1])
+
+
+def test_no_rotation_shift_or_zoom_is_the_identity() -> None:
+    images = digits()
+    torch.testing.assert_close(RandomAffine(degrees=0, translate=0, scale=(1, 1))(images), images)
+
+
+def test_a_shift_moves_the_ink_and_fills_the_border_with_background() -> None:
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 10:18, 10:18] = 1.0
+    shifted = RandomAffine(degrees=0, translate=0.25, scale=(1, 1))(image.repeat(32, 1, 1, 1))
+    assert shifted.min() >= 0 and shifted.max() <= 1
+    # Each copy's ink centre lands somewhere else.
+    rows = torch.arange(28.0).view(1, 28, 1)
+    centre = (shifted[:, 0] * rows).sum(dim=(1, 2)) / shifted[:, 0].sum(dim=(1, 2))
+    assert centre.std() > 1.0
+
+
+def test_the_datamodule_augments_training_batches_only_and_keeps_labels(tiny_data) -> None:
+    data_dir, md5 = tiny_data
+    dm = MNISTDataModule(str(data_dir), dataset=IDXDataset(md5=md5, mirrors=[]), augment=RandomAffine())
+    raw = torch.from_numpy(draw_digits(16, seed=5)[0]), torch.arange(16) % 10
+    plain = (raw[0].float().div(255).unsqueeze(1) - MNIST_MEAN) / MNIST_STD
+
+    dm.trainer = SimpleNamespace(training=False)
+    images, labels = dm.on_after_batch_transfer(raw, 0)
+    torch.testing.assert_close(images, plain)
+    dm.trainer = SimpleNamespace(training=True)
+    images, labels = dm.on_after_batch_transfer(raw, 0)
+    assert images.shape == plain.shape and not torch.allclose(images, plain)
+    assert torch.equal(labels, raw[1])
