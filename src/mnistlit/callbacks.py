@@ -4,6 +4,7 @@ import csv
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from matplotlib.figure import Figure
 
 from mnistlit import plots
 
@@ -311,7 +313,7 @@ class RunPictures(L.Callback):
         if dataset is not None:
             names = trainer.datamodule.class_names
             titles = [f"label = {names[int(label)]}" for label in dataset.labels[:9]]
-            self._publish(trainer, "train_digits", plots.digit_grid(dataset.images[:9], titles))
+            self._publish(trainer, "train_digits", lambda: plots.digit_grid(dataset.images[:9], titles))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         score = getattr(trainer.checkpoint_callback, "best_model_score", None)
@@ -342,14 +344,14 @@ class RunPictures(L.Callback):
         counts = pl_module.all_gather(self._counts)
         counts = counts.sum(0) if counts.dim() == 3 else counts
         names = trainer.datamodule.class_names
-        self._publish(trainer, "confusion_matrix", plots.confusion_matrix(counts, names))
+        self._publish(trainer, "confusion_matrix", lambda: plots.confusion_matrix(counts, names))
         confidence, images, labels, predicted = (t.cpu() for t in self._worst)
         titles = [
             f"true {names[int(t)]}, pred {names[int(p)]}\n({c:.2f})"
             for t, p, c in zip(labels, predicted, confidence, strict=True)
         ]
         if titles:
-            self._publish(trainer, "misclassified", plots.digit_grid(images[:, 0], titles, columns=4))
+            self._publish(trainer, "misclassified", lambda: plots.digit_grid(images[:, 0], titles, columns=4))
         metrics = {f"hp/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
         self._log_hparams(trainer, pl_module, metrics)
 
@@ -357,10 +359,12 @@ class RunPictures(L.Callback):
     def _tensorboard(trainer: L.Trainer):
         return trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
 
-    def _publish(self, trainer: L.Trainer, name: str, figure) -> None:
+    def _publish(self, trainer: L.Trainer, name: str, draw: Callable[[], Figure]) -> None:
+        """Draw the figure (on rank 0 only) into TensorBoard and ``<name>.png`` in the run folder."""
         log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank must ask
         if not trainer.is_global_zero:
             return
+        figure = draw()
         experiment = self._tensorboard(trainer)
         if experiment is not None:
             experiment.add_figure(name, figure, global_step=trainer.global_step, close=False)

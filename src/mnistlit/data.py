@@ -62,6 +62,7 @@ class ResumableBatches:
         self.rank, self.world_size, self.current_epoch = rank, world_size, current_epoch
         self.epoch, self.served = 0, 0
         self._resuming = False
+        self._indices = torch.empty(0, dtype=torch.long)  # the current pass's shard
 
     def shard(self, epoch: int) -> torch.Tensor:
         """The dataset indices this rank visits in ``epoch``, in order."""
@@ -74,9 +75,9 @@ class ResumableBatches:
         return order[self.rank :: self.world_size]
 
     def indices_of(self, batch_idx: int) -> torch.Tensor:
-        """The dataset indices in batch ``batch_idx`` of the current epoch."""
+        """The dataset indices in batch ``batch_idx`` of the current pass."""
         start = batch_idx * self.batch_size
-        return self.shard(self.epoch)[start : start + self.batch_size]
+        return self._indices[start : start + self.batch_size]
 
     def __len__(self) -> int:
         total = len(self.dataset)
@@ -94,11 +95,11 @@ class ResumableBatches:
         if not (self._resuming and self.epoch == epoch):
             self.epoch, self.served = epoch, 0
         self._resuming = False
-        indices = self.shard(self.epoch).to(self.dataset.images.device)
+        self._indices = self.shard(self.epoch).to(self.dataset.images.device)
         while self.served < len(self):
-            start = self.served * self.batch_size
+            batch_idx = self.served
             self.served += 1  # counted before the step runs: a checkpoint then points past it
-            yield self.dataset[indices[start : start + self.batch_size]]
+            yield self.dataset[self.indices_of(batch_idx)]
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "served": self.served}
