@@ -1,6 +1,7 @@
 """Callbacks the CLI always adds: exact resume, per-epoch history, pictures, predictions."""
 
 import csv
+import os
 import signal
 import threading
 import time
@@ -112,9 +113,43 @@ class ExactResume(L.Callback):
         rank_zero_info(f"stopped at step {trainer.global_step}; saved {path}")
 
 
+class CachedCudaCheck(L.Callback):
+    """Lets torch answer "is CUDA available?" from its cached device count while training.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so that the question never
+    initialises CUDA before processes are forked. torch asks it in every ``optimizer.step()``
+    (``current_accelerator(check_available=True)``), and the NVML route opens the NVML
+    library each time: on a CPU machine with torch's CUDA build, Adam's step on a small
+    network took 264 µs instead of 128 µs. By ``on_train_start`` every process of the run has
+    been launched, so the cached route is safe; the setting is put back when training ends.
+    """
+
+    variable = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+    def __init__(self) -> None:
+        self._previous: str | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._previous = os.environ.get(self.variable)
+        os.environ[self.variable] = "0"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous is None:
+            os.environ.pop(self.variable, None)
+        else:
+            os.environ[self.variable] = self._previous
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_train_end(trainer, pl_module)
+
+
 class EpochHistory(L.Callback):
     """One row of epoch metrics per epoch, written to ``history.csv`` in the run folder as
     each epoch ends and printed as a table when fit ends (the seed's ``dfhistory``).
+    ``learning_curves.png`` is drawn from the rows when training ends or is stopped: drawing
+    it takes ~0.15 s, 1.5% of a base.yaml epoch on a 2-core CPU (TensorBoard is the live view).
 
     A row is completed when the next epoch starts (or training ends): callbacks see
     ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.
@@ -179,6 +214,16 @@ class EpochHistory(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._complete_row(trainer, time.perf_counter())
+        self._draw()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.path is not None and self.rows:  # set by _write, on global rank 0 only
+            plots.save(plots.learning_curves(self.rows), self.path.with_name("learning_curves.png"))
 
     def _complete_row(self, trainer: L.Trainer, now: float) -> None:
         if self._pending is None:
@@ -200,7 +245,6 @@ class EpochHistory(L.Callback):
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
-        plots.save(plots.learning_curves(self.rows), self.path.with_name("learning_curves.png"))
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -15,7 +15,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnistlit import checkpoints
-from mnistlit.callbacks import EpochHistory, ExactResume, LastCheckpoint, PredictionCSV, RunPictures
+from mnistlit.callbacks import (
+    CachedCudaCheck,
+    EpochHistory,
+    ExactResume,
+    LastCheckpoint,
+    PredictionCSV,
+    RunPictures,
+)
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError
 from mnistlit.module import LitClassifier
@@ -139,7 +146,15 @@ def main(args: list[str] | None = None) -> None:
         MnistCLI(
             LitClassifier,
             MNISTDataModule,
-            trainer_defaults={"callbacks": [ExactResume(), EpochHistory(), RunPictures(), PredictionCSV()]},
+            trainer_defaults={
+                "callbacks": [
+                    ExactResume(),
+                    CachedCudaCheck(),
+                    EpochHistory(),
+                    RunPictures(),
+                    PredictionCSV(),
+                ]
+            },
             auto_configure_optimizers=False,
             args=args,
         )
