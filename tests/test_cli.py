@@ -1,6 +1,7 @@
 """The CLI end to end, in subprocesses, exactly as a user types it."""
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,35 @@ def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
     (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
     assert "net.layers.0.weight" in torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+
+
+MMAPPED_BY_A_LARGE_ALLOCATION = """
+import ctypes, sys, torch
+from mnistlit.cli import keep_freed_memory
+
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+before = libc.mallinfo2().hblkhd
+block = torch.ones(2**21)  # 8 MB
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_large_blocks_come_from_the_kept_heap_not_from_fresh_mappings() -> None:
+    """glibc maps a large block fresh from the OS (and unmaps it when freed) unless told otherwise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def mmapped_bytes(mode: str) -> int:
+        command = [sys.executable, "-c", MMAPPED_BY_A_LARGE_ALLOCATION, mode]
+        return int(subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout)
+
+    assert mmapped_bytes("default") >= 8 * 2**20
+    assert mmapped_bytes("keep") == 0

@@ -1,6 +1,8 @@
 """The command line: LightningCLI with the callbacks, defaults and checkpoint handling we always want."""
 
+import ctypes
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -140,7 +142,30 @@ def quiet_known_noise() -> None:
     )
 
 
+def keep_freed_memory() -> None:
+    """Tell glibc's malloc to keep freed memory for the next step instead of returning it.
+
+    By default glibc raises its mmap threshold as large blocks are freed and trims the heap
+    back to the OS, so after the first epoch each CPU training step page-faulted ~6,700
+    fresh pages and took 31 ms instead of 23 ms (base.yaml, 2-core machine). The same as
+    exporting MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_; if either is exported,
+    that setting is left as it is.
+    """
+    exported = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys()
+    if exported or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 2**31 - 1)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main(args: list[str] | None = None) -> None:
+    keep_freed_memory()
     quiet_known_noise()
     try:
         MnistCLI(
