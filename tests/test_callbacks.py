@@ -33,7 +33,8 @@ def fit(see: SeeVariable) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(LitClassifier(), DataLoader(data, batch_size=8))
+    loader = DataLoader(data, batch_size=8)
+    trainer.fit(LitClassifier(), train_dataloaders=loader, val_dataloaders=loader)
 
 
 def test_optimizer_steps_ask_torch_for_cuda_the_cached_way_and_the_setting_comes_back() -> None:
