@@ -96,7 +96,8 @@ class ResumableBatches:
             self.epoch, self.served = epoch, 0
         self._resuming = False
         self._indices = self.shard(self.epoch).to(self.dataset.images.device)
-        while self.served < len(self):
+        batches = len(self)
+        while self.served < batches:
             batch_idx = self.served
             self.served += 1  # counted before the step runs: a checkpoint then points past it
             yield self.dataset[self.indices_of(batch_idx)]
