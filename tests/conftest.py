@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from mnistlit.sources import idx_bytes
@@ -19,6 +20,9 @@ from mnistlit.sources import idx_bytes
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "base.yaml"
 CONFIGS = ("--config", str(BASE_CONFIG), "--config", "tiny.yaml")  # base.yaml with tiny.yaml on top
+# Deterministic kernels, a last.ckpt every 5 steps, 4 epochs of 44 steps.
+FIT = ("fit", *CONFIGS, "--trainer.max_epochs", "4", "--model.lr_scheduler.init_args.T_max", "4",
+       "--trainer.deterministic", "true", "--last_checkpoint.every_n_train_steps", "5")  # fmt: skip
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -94,16 +98,31 @@ def tiny_config(workdir: Path, md5: dict[str, str], max_epochs: int = 2) -> Path
     return path
 
 
+# PYTHONPATH: runs may add a test-only callback (tests.probes) with --trainer.callbacks+.
+CLI_ENV = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "PYTHONPATH": str(ROOT)}
+
+
 def run_cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m mnistlit ARGS`` in ``workdir`` the way a user types it."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     return subprocess.run(
         [sys.executable, "-m", "mnistlit", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=CLI_ENV,
+    )
+
+
+def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
+    """Start ``python -m mnistlit ARGS`` in ``workdir`` without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnistlit", *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV,
     )
 
 
@@ -122,3 +141,22 @@ def assert_one_clear_line(result: subprocess.CompletedProcess, *phrases: str) ->
     last = result.stderr.strip().splitlines()[-1]
     for phrase in phrases:
         assert phrase in last, result.stderr[-3000:]
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), f"{name} differs"
+
+
+def last_ckpt(workdir: Path, version: int) -> Path:
+    return workdir / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt"
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]

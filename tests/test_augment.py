@@ -49,10 +49,11 @@ def test_the_datamodule_augments_training_batches_only_and_keeps_labels(tiny_dat
     raw = torch.from_numpy(draw_digits(16, seed=5)[0]), torch.arange(16) % 10
     plain = (raw[0].float().div(255).unsqueeze(1) - MNIST_MEAN) / MNIST_STD
 
-    dm.trainer = SimpleNamespace(training=False)
+    module = SimpleNamespace(dtype=torch.float32)  # batches are made in the network's dtype
+    dm.trainer = SimpleNamespace(training=False, lightning_module=module)
     images, labels = dm.on_after_batch_transfer(raw, 0)
     torch.testing.assert_close(images, plain)
-    dm.trainer = SimpleNamespace(training=True)
+    dm.trainer = SimpleNamespace(training=True, lightning_module=module)
     images, labels = dm.on_after_batch_transfer(raw, 0)
     assert images.shape == plain.shape and not torch.allclose(images, plain)
     assert torch.equal(labels, raw[1])

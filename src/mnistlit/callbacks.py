@@ -13,11 +13,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
 from mnistlit import plots
+from mnistlit.errors import MnistlitError
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -52,22 +53,20 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-class ExactResume(L.Callback):
-    """What a bit-exact resume needs beyond Lightning's own state.
+def last_checkpoint_of(trainer: L.Trainer) -> "LastCheckpoint | None":
+    """The callback that owns this run's ``last.ckpt``.
 
-    - The global RNG states travel with every checkpoint and are put back when training
-      restarts: dropout draws from them, and Lightning does not save them.
-    - SIGTERM or Ctrl-C writes ``last.ckpt`` before the run stops. Both take effect at the
-      end of the current step (Lightning defers SIGTERM; the first Ctrl-C is deferred here,
-      a second one interrupts at once), so the saved state is never half an optimizer step.
-      (ModelCheckpoint's ``save_on_exception`` would also save on any error, including a
-      NaN loss, and would name the file like a best checkpoint.)
+    Not ``trainer.checkpoint_callback``: that is the first ModelCheckpoint, the best-by-val_acc one.
     """
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+
+
+class ExactResume(L.Callback):
+    """Saves the global RNG states with every checkpoint and puts them back when training
+    restarts: dropout draws from them, and Lightning does not save them."""
 
     def __init__(self) -> None:
         self._restored: dict[str, Any] | None = None
-        self._stop_requested = False
-        self._previous_sigint = None
 
     def state_dict(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}
@@ -79,8 +78,6 @@ class ExactResume(L.Callback):
         self._restored = state_dict
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._request_stop)
         if self._restored is None:
             return
         torch.set_rng_state(self._restored["torch"])
@@ -88,29 +85,107 @@ class ExactResume(L.Callback):
             torch.cuda.set_rng_state_all(self._restored["cuda"])
         self._restored = None
 
-    def _request_stop(self, signum, frame) -> None:
-        signal.signal(signal.SIGINT, self._previous_sigint)
-        self._stop_requested = True
+
+class RunStopped(BaseException):
+    """A stop asked for by a signal (its name is the message): raised at the end of a training
+    step after the first Ctrl-C, or by the CLI when SIGTERM arrives before the trainer runs.
+    A BaseException, like KeyboardInterrupt: libraries' ``except Exception`` must not swallow it."""
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM or Ctrl-C while training saves ``last.ckpt`` and stops; at any other moment
+    the run stops and says that nothing was saved. ``outcome`` holds that sentence.
+
+    Both take effect at a step boundary, so the saved state is never half an optimizer step:
+    the first Ctrl-C at the end of the current step (a second one interrupts at once and
+    saves nothing), SIGTERM where Lightning checks for it (after a step, or at an epoch's
+    end). A signal that arrives during validation waits until validation is over: a stop
+    inside it would lose that epoch's validation result. (ModelCheckpoint's
+    ``save_on_exception`` would also save after any error, including a NaN loss.)
+    """
+
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+        self._ctrl_c = False
+        self._sigterm_waiting = False
+        self._previous: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
+        self._training = False  # between on_train_start and on_train_end: the loop itself runs
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._trainer = trainer
+        self._previous = {
+            signal.SIGINT: signal.signal(signal.SIGINT, self._on_ctrl_c),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_sigterm),
+        }
+
+    def _on_ctrl_c(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+        self._ctrl_c = True
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self._trainer is not None and self._trainer.validating:
+            self._sigterm_waiting = True
+        else:  # Lightning's handler: it stops the other DDP processes too
+            self._previous[signal.SIGTERM](signum, frame)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._sigterm_waiting:
+            self._sigterm_waiting = False
+            self._previous[signal.SIGTERM](signal.SIGTERM, None)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        if self._stop_requested:
-            raise KeyboardInterrupt
+        if self._ctrl_c:
+            raise RunStopped("Ctrl-C")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._training = False
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        stopped = isinstance(exception, SIGTERMException) or (
-            isinstance(exception, KeyboardInterrupt) and self._stop_requested
-        )
-        if not stopped or not trainer.training or trainer.checkpoint_callback is None:
+        self._restore_handlers()
+        if isinstance(exception, SIGTERMException):
+            name = "SIGTERM"
+        elif isinstance(exception, RunStopped):
+            name = str(exception)
+        elif isinstance(exception, KeyboardInterrupt):
+            name = "Ctrl-C"
+        else:
             return
-        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
-        trainer.save_checkpoint(path)
-        rank_zero_info(f"stopped at step {trainer.global_step}; saved {path}")
+        stage = trainer.state.fn
+        last = last_checkpoint_of(trainer)
+        at_step_end = isinstance(exception, SIGTERMException) or (
+            isinstance(exception, RunStopped) and self._ctrl_c
+        )
+        if stage == "fit" and self._training and at_step_end and last is not None:
+            path = Path(last.dirpath) / "last.ckpt"
+            trainer.save_checkpoint(path, weights_only=False)
+            self.outcome = (
+                f"stopped by {name} at step {trainer.global_step}; saved {path} "
+                "(continue it with the same command and --ckpt_path last)"
+            )
+        elif stage == "fit":
+            if not self._training:
+                when = "before training started"
+            elif trainer.validating:
+                when = "during validation (a second Ctrl-C)"
+            else:
+                when = "in the middle of a step (a second Ctrl-C)"
+            saved = Path(last.dirpath) / "last.ckpt" if last is not None and last.dirpath else None
+            kept = f"; {saved} holds the last saved state" if saved is not None and saved.is_file() else ""
+            self.outcome = f"stopped by {name} {when}; nothing was saved{kept}"
+        else:
+            self.outcome = f"stopped by {name}; {stage.value} did not finish and wrote no results"
 
 
 class CachedCudaCheck(L.Callback):
@@ -159,8 +234,9 @@ class EpochHistory(L.Callback):
     The rows travel in checkpoints, and so does the epoch in progress: a run resumed
     mid-epoch adds the seconds of the first part to that epoch, and a run resumed from a
     checkpoint taken after an epoch's validation but before its row was complete gets
-    that row back, with the validation metrics and without the train ones (NaN): those are
-    logged only after the checkpoint was written.
+    that row back. last.ckpt is written after the module logs the epoch's train metrics, so
+    its row is whole; a best checkpoint is written at the end of validation, before that,
+    so a run started from one shows that epoch's train metrics as NaN.
     """
 
     def __init__(self) -> None:
@@ -178,10 +254,10 @@ class EpochHistory(L.Callback):
         current = None
         if self._trainer is not None and self._started is not None:
             metrics = self._trainer.callback_metrics
-            current = {name: float(metrics[name]) for name in ("val_loss", "val_acc") if name in metrics}
-            current.update(
-                epoch=self._trainer.current_epoch, lr=self._lr, seconds=time.perf_counter() - self._started
-            )
+            current = {name: float(metrics[name]) for name in HISTORY_COLUMNS if name in metrics}
+            # An epoch whose row waits for completion (saved at its end) is that epoch, not the next.
+            epoch = self._pending["epoch"] if self._pending is not None else self._trainer.current_epoch
+            current.update(epoch=epoch, lr=self._lr, seconds=time.perf_counter() - self._started)
         return {"rows": self.rows, "current_epoch": current}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -240,11 +316,17 @@ class EpochHistory(L.Callback):
         if log_dir is None or not trainer.is_global_zero:
             return
         self.path = Path(log_dir) / "history.csv"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        partial = self.path.with_name(f".history.csv.{os.getpid()}.partial")
+        try:
+            with open(partial, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            os.replace(partial, self.path)  # a full disk never leaves half a history behind
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            reason = f"{e.strerror or e}; the previous one is unchanged"
+            raise MnistlitError(f"could not write {self.path}: {reason}") from e
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -292,9 +374,14 @@ class PredictionCSV(L.Callback):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.path = (Path(trainer.log_dir or trainer.default_root_dir) / self.filename).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
+        with self._open("w") as f:
             csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3"])
         self._sheet: list[tuple[torch.Tensor, str]] = []
+
+    def _open(self, mode: str):
+        # File names that are not valid UTF-8 reach Python as surrogate escapes; written back
+        # the same way, the CSV holds the name's original bytes.
+        return open(self.path, mode, newline="", encoding="utf-8", errors="surrogateescape")
 
     def on_predict_batch_end(
         self, trainer, pl_module, prediction: torch.Tensor, batch, batch_idx: int, dataloader_idx: int = 0
@@ -307,7 +394,7 @@ class PredictionCSV(L.Callback):
         names = [str(items[i]) if items is not None else str(i) for i in indices]
         top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
         targets = ["" if t < 0 else classes[t] for t in batch[1].tolist()]
-        with open(self.path, "a", newline="") as f:
+        with self._open("a") as f:
             csv.writer(f).writerows(
                 (
                     name,
@@ -320,7 +407,8 @@ class PredictionCSV(L.Callback):
             )
         room = self.sheet_size - len(self._sheet)
         for image, name, k, p in list(zip(batch[0], names, top_k, top_p, strict=True))[:room]:
-            self._sheet.append((image[0].cpu(), f"{Path(name).name[:16]}\n-> {classes[k[0]]} ({p[0]:.2f})"))
+            shown = Path(name).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:16]
+            self._sheet.append((image[0].cpu(), f"{shown}\n-> {classes[k[0]]} ({p[0]:.2f})"))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         print(f"predictions written to {self.path}")

@@ -1,5 +1,7 @@
 """Checkpoint files: written atomically, found by alias, checked before a run trusts them."""
 
+import fcntl
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -25,24 +27,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
+            # Serialised in memory first: torch's zip writer reports a failed write (a full disk)
+            # as a RuntimeError without the reason; a plain write reports it as an OSError.
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
             with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
+                f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
+        except OSError as e:
+            kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+            raise MnistlitError(f"could not save checkpoint {path}: {e.strerror or e}{kept}") from e
         finally:
             partial.unlink(missing_ok=True)
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; anything wrong with the file is one clear error."""
+    if Path(path).is_dir():
+        raise MnistlitError(f"cannot load checkpoint {path}: it is a folder, not a checkpoint file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, random bytes, forbidden pickle globals...
-        reason = " ".join(str(e).split())
-        if "Weights only load failed" in reason:
-            reason = "it holds pickled objects other than tensors and plain data; refusing to load it"
-        raise MnistlitError(f"cannot load checkpoint {path}: {reason[:300]}") from e
+        raise MnistlitError(f"cannot load checkpoint {path}: {_why_unloadable(path, e)}") from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MnistlitError(
             f"cannot load checkpoint {path}: it is not a Lightning checkpoint (no state_dict)"
@@ -50,9 +58,21 @@ def load(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_fits(path: str | Path, model: torch.nn.Module) -> None:
+def _why_unloadable(path: str | Path, error: Exception) -> str:
+    reason = " ".join(str(error).split())
+    if "Weights only load failed" in reason:
+        return "it holds pickled objects other than tensors and plain data; refusing to load it"
+    if isinstance(error, OSError):
+        return error.strerror or reason
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    # torch's own messages for a damaged file are often bare ('101', ''): say what the file is not.
+    return f"not a complete PyTorch checkpoint ({type(error).__name__}: {reason[:200] or 'no details'})"
+
+
+def check_fits(checkpoint: dict[str, Any], path: str | Path, model: torch.nn.Module) -> None:
     """Refuse a checkpoint whose weights do not fit ``model`` (another network, another task)."""
-    saved = load(path)["state_dict"]
+    saved = checkpoint["state_dict"]
     expected = model.state_dict()
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -71,24 +91,59 @@ def check_fits(path: str | Path, model: torch.nn.Module) -> None:
 
 
 def resolve(ckpt_path: str, runs: Path) -> Path:
-    """Turn ``best``/``last`` into the file of the newest run that has one; check other paths exist.
+    """Turn ``best``/``last`` into a checkpoint file of the newest training run; check other paths exist.
 
     Lightning resolves these aliases only inside the run that wrote them, and every new
     process starts a new ``version_N`` folder, so a later ``test --ckpt_path best`` needs this.
+    ``best`` is the newest run's best checkpoint (or an older run's, if newer ones have none
+    yet); ``last`` is the newest training run's ``last.ckpt`` and nothing else: resuming
+    another run than the one a user just stopped would continue the wrong experiment.
     """
     if ckpt_path not in CHECKPOINT_ALIASES:
-        if not Path(ckpt_path).is_file():
+        path = Path(ckpt_path)
+        if not path.exists():
             raise MnistlitError(f"--ckpt_path {ckpt_path}: no such file")
-        return Path(ckpt_path)
-    for folder in sorted(
-        runs.glob("version_*/checkpoints"), key=lambda f: version_of(f.parent), reverse=True
-    ):
-        found = best_in(folder) if ckpt_path == "best" else folder / "last.ckpt"
-        if found is not None and found.is_file():
+        return path
+    training_runs = sorted(
+        (folder.parent for folder in runs.glob("version_*/checkpoints") if folder.is_dir()),
+        key=version_of,
+        reverse=True,
+    )
+    if ckpt_path == "last" and training_runs:
+        newest = training_runs[0] / "checkpoints" / "last.ckpt"
+        if newest.is_file():
+            return newest
+        others = [str(run) for run in training_runs if (run / "checkpoints" / "last.ckpt").is_file()]
+        raise MnistlitError(
+            f"--ckpt_path last: the newest training run, {training_runs[0]}, has no last.ckpt; "
+            + (
+                f"runs that have one: {', '.join(others)} (pass its file to --ckpt_path)"
+                if others
+                else "no other run has one either"
+            )
+        )
+    for run in training_runs:
+        found = best_in(run / "checkpoints")
+        if found is not None:
             return found
     raise MnistlitError(
         f"--ckpt_path {ckpt_path}: no run under {runs}/ has a {ckpt_path} checkpoint yet "
         "(train first: python -m mnistlit fit --config ...)"
+    )
+
+
+def is_newest_state_of_a_run(path: Path, runs: Path) -> bool:
+    """Whether ``path`` is ``runs/version_N/checkpoints/last.ckpt``: the state a run would continue from.
+
+    Any other file (a best checkpoint, a copy, another folder's) is an earlier state or a
+    stranger; continuing it inside its run would overwrite what that run saved later.
+    """
+    run = path.parent.parent
+    return (
+        path.name == "last.ckpt"
+        and path.parent.name == "checkpoints"
+        and version_of(run) >= 0
+        and run.parent.resolve() == runs.resolve()
     )
 
 
@@ -124,3 +179,34 @@ def reserve_run_folder(runs: Path) -> int:
             return version
         except FileExistsError:
             version += 1
+
+
+_held_locks: list = []  # open lock files: the kernel releases them when the process ends, however it ends
+
+
+def lock_run(run: Path) -> None:
+    """Make this process the only writer of the run folder ``run``, until it exits.
+
+    ``flock`` is released by the kernel when the process dies, even by SIGKILL, so a lock
+    is never left behind; a second writer is refused with the holder's PID.
+    """
+    path = run / ".lock"
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    except OSError as e:
+        raise MnistlitError(f"cannot lock run folder {run}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise MnistlitError(
+            f"run folder {run} is in use by another mnistlit process (PID {holder}); "
+            "wait for it to end or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks.append(handle)

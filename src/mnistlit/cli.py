@@ -3,6 +3,8 @@
 import ctypes
 import logging
 import os
+import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +16,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnistlit import checkpoints
 from mnistlit.callbacks import (
@@ -24,13 +25,31 @@ from mnistlit.callbacks import (
     LastCheckpoint,
     PredictionCSV,
     RunPictures,
+    RunStopped,
+    StopOnSignal,
 )
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError
 from mnistlit.module import LitClassifier
 
 
+class MnistArgumentParser(LightningArgumentParser):
+    """Parser errors in one line (``mnistlit: error: ...``) instead of the whole usage text."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse is trying alternatives: let it see the error
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        command = ["mnistlit", *parser.prog.replace(" [options]", "").split()[1:]]
+        message = " ".join(message.split())[:300]
+        sys.stderr.write(f"mnistlit: error: {message} (see: {' '.join(command)} --help)\n")
+        sys.exit(2)
+
+
 class MnistCLI(LightningCLI):
+    checkpoint: dict | None = None  # the --ckpt_path file, loaded once (weights_only) when parsed
+    new_run: Path | None = None  # the version_N folder this process created, if any
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -62,7 +81,7 @@ class MnistCLI(LightningCLI):
             config.weights_only = True
         if config.get("ckpt_path"):
             path = checkpoints.resolve(config.ckpt_path, runs_folder(config.trainer))
-            checkpoints.load(path)
+            self.checkpoint = checkpoints.load(path)
             config.ckpt_path = str(path)
 
     def _parse_ckpt_path(self) -> None:
@@ -76,31 +95,38 @@ class MnistCLI(LightningCLI):
             ) from e
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """Give the run its own ``version_N`` folder, or the checkpoint's folder when fit resumes."""
+        """Give the run its own ``version_N`` folder, or the checkpoint's folder when fit continues
+        that run from its newest state (any other checkpoint starts a new run, so nothing an
+        earlier run saved is overwritten). A fit holds a lock on its folder until it exits."""
         config = self.config_init[self.subcommand]
         logger = config.trainer.get("logger")
         if logger is None or logger is True:
             runs = runs_folder(self.config[self.subcommand].trainer)
             ckpt_path = config.get("ckpt_path")
-            run = Path(ckpt_path).parent.parent if ckpt_path else None
-            resuming = (
-                self.subcommand == "fit"
-                and run is not None
-                and run.parent.resolve() == runs.resolve()
-                and checkpoints.version_of(run) >= 0
-            )
-            if resuming:
+            fitting = self.subcommand == "fit"
+            if fitting and ckpt_path and checkpoints.is_newest_state_of_a_run(Path(ckpt_path), runs):
+                run = Path(ckpt_path).parent.parent
                 version = checkpoints.version_of(run)
+                if rank_zero_only.rank == 0:
+                    checkpoints.lock_run(run)
                 self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, now with ckpt_path
             else:
                 version = self._reserve_version(runs)
+                if version is not None:
+                    self.new_run = runs / f"version_{version}"
+                    if fitting:
+                        checkpoints.lock_run(self.new_run)
             # default_hp_metric=False: the HParams tab gets the real final metrics (RunPictures).
             kwargs["logger"] = TensorBoardLogger(
                 save_dir=runs.parent, name=runs.name, version=version, default_hp_metric=False
             )
         if config.trainer.get("plugins") is None:
             kwargs["plugins"] = [checkpoints.AtomicCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except BaseException:
+            self.discard_unused_run()
+            raise
 
     @staticmethod
     def _reserve_version(runs: Path) -> int | None:
@@ -111,12 +137,77 @@ class MnistCLI(LightningCLI):
         except OSError as e:
             raise MnistlitError(f"cannot create a run folder in {runs}: {e.strerror or e}") from e
 
-    def _check_checkpoint_fits(self) -> None:
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path:
-            checkpoints.check_fits(ckpt_path, self.model)
+    def discard_unused_run(self) -> None:
+        """Remove the run folder this process created if the run failed before saving anything
+        (a checkpoint or predictions): such folders only crowd TensorBoard and ``best``/``last``."""
+        run, self.new_run = self.new_run, None
+        if run is None or not run.is_dir():
+            return
+        kept = any(run.rglob("*.ckpt")) or (run / "predictions.csv").exists()
+        if not kept:
+            shutil.rmtree(run, ignore_errors=True)
 
-    before_fit = before_validate = before_test = before_predict = _check_checkpoint_fits
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            self.discard_unused_run()
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the run is over: nothing left to stop
+
+    def _before_run(self) -> None:
+        """Checks that need the model, the datamodule and the trainer, before the trainer runs."""
+        if self.checkpoint is not None:
+            checkpoints.check_fits(self.checkpoint, self.config_init[self.subcommand].ckpt_path, self.model)
+        if self.subcommand == "fit":
+            if self.checkpoint is not None:
+                check_same_split(self.checkpoint, self.datamodule, self.config_init.fit.ckpt_path)
+            check_monitored_metrics(self.trainer, self.model)
+        if self.subcommand == "predict" and self.trainer.world_size > 1:
+            raise MnistlitError(
+                "predict runs in one process (each process would predict only its share); "
+                "drop the DDP settings (--trainer.strategy, --trainer.devices)"
+            )
+
+    before_fit = before_validate = before_test = before_predict = _before_run
+
+
+def check_same_split(checkpoint: dict, datamodule: MNISTDataModule, path: str) -> None:
+    """Refuse to train on from a checkpoint whose run split the data differently: its
+    validation images could be this run's training images, and the reverse."""
+    saved = checkpoint.get("datamodule_hyper_parameters")
+    if not saved:
+        return
+    now = {
+        "dataset": datamodule.dataset.name,
+        "val_size": datamodule.val_size,
+        "split_seed": datamodule.split_seed,
+    }
+    dataset = saved.get("dataset")
+    then = {
+        "dataset": dataset if isinstance(dataset, str) else (dataset or {}).get("name", "mnist"),
+        "val_size": saved.get("val_size"),
+        "split_seed": saved.get("split_seed"),
+    }
+    differing = [f"data.{key} {then[key]} -> {now[key]}" for key in now if then[key] != now[key]]
+    if differing:
+        raise MnistlitError(
+            f"checkpoint {path} was trained on another train/validation split ({', '.join(differing)}); "
+            "continue it with its own data settings, or train from scratch"
+        )
+
+
+def check_monitored_metrics(trainer: Trainer, model: LitClassifier) -> None:
+    """Every metric a callback monitors must be one the model logs (else it fails after an epoch)."""
+    for callback in trainer.callbacks:
+        monitor = getattr(callback, "monitor", None)
+        known = (None, *model.logged_metrics)
+        if isinstance(callback, EarlyStopping | ModelCheckpoint) and monitor not in known:
+            kind = "early stopping" if isinstance(callback, EarlyStopping) else "checkpoint"
+            raise MnistlitError(
+                f"{kind} monitors {monitor!r}, which the model never logs; "
+                f"choose one of {', '.join(model.logged_metrics)}"
+            )
 
 
 def runs_folder(trainer: Namespace) -> Path:
@@ -164,9 +255,18 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 2**31 - 1)
 
 
+def stop_during_start_up(signum, frame) -> None:
+    """SIGTERM before Lightning installs its own handler; inside Lightning's (which calls the
+    handler it found, this one) the trainer decides when to stop."""
+    if signal.getsignal(signal.SIGTERM) is stop_during_start_up:
+        raise RunStopped("SIGTERM")
+
+
 def main(args: list[str] | None = None) -> None:
     keep_freed_memory()
     quiet_known_noise()
+    signal.signal(signal.SIGTERM, stop_during_start_up)
+    stops = StopOnSignal()
     try:
         MnistCLI(
             LitClassifier,
@@ -174,6 +274,7 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults={
                 "callbacks": [
                     ExactResume(),
+                    stops,
                     CachedCudaCheck(),
                     EpochHistory(),
                     RunPictures(),
@@ -181,12 +282,21 @@ def main(args: list[str] | None = None) -> None:
                 ]
             },
             auto_configure_optimizers=False,
+            parser_class=MnistArgumentParser,
             args=args,
         )
-    except SIGTERMException:
-        sys.exit("mnistlit: stopped by SIGTERM after saving last.ckpt; resume with --ckpt_path last")
+    except (SystemExit, KeyboardInterrupt, RunStopped) as e:
+        if stops.outcome is not None:  # Lightning exits(1) after a Ctrl-C; SIGTERM arrives as SystemExit
+            sys.exit(f"mnistlit: {stops.outcome}")
+        if isinstance(e, SystemExit):
+            raise
+        name = str(e) if isinstance(e, RunStopped) else "Ctrl-C"
+        sys.exit(f"mnistlit: stopped by {name} during start-up; nothing was saved")
     except (MnistlitError, MisconfigurationException) as e:
         sys.exit(f"mnistlit: error: {' '.join(str(e).split())}")
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"mnistlit: error: {where}{e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from mnistlit.augment import RandomAffine
 from mnistlit.errors import MnistlitError
-from mnistlit.images import image_files, load_digits
+from mnistlit.images import MAX_IMAGE_PIXELS, image_files, load_digits
 from mnistlit.sources import IDXDataset, dataset_named, ensure_files, read_idx
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -128,7 +128,9 @@ class MNISTDataModule(L.LightningDataModule):
             given by its file names, checksums, mirrors and class names. All are scaled with
             MNIST's mean and standard deviation.
         predict_dir: images to predict instead of the test set: a folder (PNG, JPEG, BMP,
-            GIF) or a glob pattern. Each is turned into an MNIST-like digit first.
+            GIF, TIFF, WebP), one file, or a glob pattern. Each is turned into an MNIST-like
+            digit first.
+        max_image_pixels: images with more pixels are skipped before they are decoded.
         augment: a random transform of training batches on the device (e.g. RandomAffine);
             validation, test and prediction batches are never augmented.
     """
@@ -142,6 +144,7 @@ class MNISTDataModule(L.LightningDataModule):
         dataset: str | IDXDataset = "mnist",
         predict_dir: str | None = None,
         augment: RandomAffine | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -156,6 +159,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.dataset = dataset_named(dataset) if isinstance(dataset, str) else dataset
         self.predict_dir = predict_dir
         self.augment = augment
+        self.max_image_pixels = max_image_pixels
         self.class_names = list(self.dataset.classes)
         self.predict_items: list[str] | None = None
 
@@ -175,6 +179,10 @@ class MNISTDataModule(L.LightningDataModule):
                     f"data.val_size={self.val_size} leaves no training images (the set has {len(labels)})"
                 )
             train, val = split_indices(len(labels), self.val_size, self.split_seed)
+            if self.batch_size > len(train):
+                raise MnistlitError(
+                    f"data.batch_size={self.batch_size} is larger than the {len(train)} training images"
+                )
             self.train_set = InMemoryDigits(images[train].to(device), labels[train].to(device))
             self.val_set = InMemoryDigits(images[val].to(device), labels[val].to(device))
         if stage == "predict" and self.predict_dir is not None:
@@ -210,7 +218,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _images_to_predict(self) -> InMemoryDigits:
         files = image_files(self.predict_dir)
-        images, used, skipped = load_digits(files)
+        images, used, skipped = load_digits(files, self.max_image_pixels)
         for file, reason in skipped:
             print(f"mnistlit: skipped {file}: {reason}", file=sys.stderr)
         if not used:
@@ -227,10 +235,13 @@ class MNISTDataModule(L.LightningDataModule):
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        """Turn uint8 (B, 28, 28) into normalised float (B, 1, 28, 28) on the training device."""
+        """Turn uint8 (B, 28, 28) into normalised (B, 1, 28, 28) on the training device, in the
+        network's dtype (float32 unless the precision is ``16-true``, ``bf16-true`` or ``64-true``)."""
         images, labels = batch
         images = images.unsqueeze(1).float().div_(255)
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             images = self.augment(images)
         images = images.sub_(MNIST_MEAN).div_(MNIST_STD)
+        if self.trainer is not None and self.trainer.lightning_module.dtype != images.dtype:
+            images = images.to(self.trainer.lightning_module.dtype)
         return images.contiguous(memory_format=torch.channels_last), labels

@@ -6,13 +6,19 @@ placed in a 28x28 field so that its centre of mass sits at the centre.
 """
 
 import glob
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Well under PIL's own bomb limit (179 MP): a 40 MP RGBA image decodes into 160 MB.
+MAX_IMAGE_PIXELS = 40_000_000
+# Larger images are shrunk before any float copy is made: the digit ends up 20 pixels high anyway.
+WORKING_SIDE = 1024
 
 
 def preprocess_image(image: Image.Image) -> torch.Tensor:
@@ -38,7 +44,7 @@ def preprocess_image(image: Image.Image) -> torch.Tensor:
 
 def _ink_intensity(image: Image.Image) -> np.ndarray:
     """Ink in [0, 1] (1 = most ink), whatever the mode, bit depth and polarity."""
-    image = ImageOps.exif_transpose(image)
+    image = _shrunk(ImageOps.exif_transpose(image))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -61,6 +67,18 @@ def _ink_intensity(image: Image.Image) -> np.ndarray:
     return np.clip(grey - background, 0, None) / max(1e-9, 1 - background)
 
 
+def _shrunk(image: Image.Image) -> Image.Image:
+    """The image reduced by a whole factor until its longer side is at most WORKING_SIDE."""
+    factor = math.ceil(max(image.size) / WORKING_SIDE)
+    if factor <= 1:
+        return image
+    if image.mode in ("1", "P"):
+        image = image.convert("RGBA" if image.mode == "P" else "L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    return image.reduce(factor)
+
+
 def _centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     total = image.sum()
     rows, cols = np.indices(image.shape)
@@ -68,24 +86,46 @@ def _centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 
 
 def image_files(pattern: str | Path) -> list[Path]:
-    """The image files in a folder (by suffix), or the files a glob pattern matches."""
+    """The files to predict: a folder's entries (image suffixes, and other files to report as
+    skipped), one file named literally (even if its name looks like a glob), or a glob's matches."""
     path = Path(pattern)
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or p.is_file()]
+    elif path.exists() or path.is_symlink():
+        files = [path]
     else:
-        files = [Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file()]
+        files = [Path(p) for p in glob.glob(str(pattern), recursive=True) if not Path(p).is_dir()]
     return sorted(files)
 
 
-def load_digits(files: list[Path]) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
-    """Preprocess every file; return the (N, 28, 28) images, the files used, and (file, reason) skipped."""
+def load_digits(
+    files: list[Path], max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+    """Preprocess every file; return the (N, 28, 28) images, the files used, and (file, reason) skipped.
+
+    Only regular files with an image suffix are opened (a FIFO would block forever), and an
+    image's size is read from its header and checked against ``max_pixels`` before it is decoded.
+    """
     images, used, skipped = [], [], []
     for file in files:
+        if not file.is_file():
+            skipped.append((file, "not a regular file"))
+            continue
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((file, f"not an image file name ({', '.join(IMAGE_SUFFIXES)})"))
+            continue
         try:
-            with Image.open(file) as image:
-                images.append(preprocess_image(image))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    if image.width * image.height > max_pixels:
+                        raise ValueError(
+                            f"{image.width}x{image.height} is over the limit of {max_pixels:,} pixels "
+                            "(data.max_image_pixels)"
+                        )
+                    images.append(preprocess_image(image))
             used.append(file)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             skipped.append((file, " ".join(str(e).split())[:200]))
     stacked = torch.stack(images) if images else torch.zeros((0, 28, 28), dtype=torch.uint8)
     return stacked, used, skipped

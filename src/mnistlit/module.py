@@ -1,5 +1,8 @@
 """LitClassifier: an injected network, cross-entropy, loss and accuracy per stage, optimizer from config."""
 
+import functools
+import math
+import warnings
 from typing import Literal
 
 import lightning as L
@@ -10,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnistlit.callbacks import last_checkpoint_of
 from mnistlit.data import MNIST_MEAN, MNIST_STD
 from mnistlit.errors import MnistlitError
 from mnistlit.images import preprocess_image
@@ -49,6 +53,8 @@ class LitClassifier(L.LightningModule):
         compile: compile the network with ``torch.compile`` (checkpoints stay compatible).
         num_classes: size of the network's output.
     """
+
+    logged_metrics = ("train_loss", "train_acc", "val_loss", "val_acc")  # what callbacks may monitor
 
     def __init__(
         self,
@@ -110,7 +116,8 @@ class LitClassifier(L.LightningModule):
     def _stop_if_nonfinite(self) -> None:
         if self._first_nonfinite_step is None or (step := int(self._first_nonfinite_step)) < 0:
             return
-        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none was saved yet"
+        saver = last_checkpoint_of(self.trainer)
+        last = (saver.last_model_path if saver is not None else "") or "none was saved yet"
         raise MnistlitError(
             f"the training loss became nan/inf at step {step} (epoch {self.current_epoch}); "
             f"stopped without saving these weights. Last good checkpoint: {last}"
@@ -151,8 +158,80 @@ class LitClassifier(L.LightningModule):
         return int(predicted), float(probability)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        try:
+            optimizer = self.optimizer(self.parameters())
+        except (ValueError, TypeError) as e:
+            raise MnistlitError(f"model.optimizer: {e}") from e
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = {"scheduler": self.lr_scheduler(optimizer), "interval": self.lr_scheduler_interval}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        scheduler = self._scheduler_for(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
+        }
+
+    def _scheduler_for(self, optimizer: torch.optim.Optimizer):
+        """The configured scheduler, with a one-cycle length that follows the run when the config
+        gives none; first run once through the whole run on a throwaway optimizer, so that a
+        schedule that cannot last the run (``T_max: 0``, too few one-cycle steps) is one line
+        now instead of a traceback hours in."""
+        build = self.lr_scheduler
+        length = self._scheduler_steps()
+        keywords = getattr(build, "keywords", {})
+        if "total_steps" in keywords and keywords["total_steps"] is None and keywords.get("epochs") is None:
+            if length is None:
+                raise MnistlitError(
+                    "model.lr_scheduler needs a length: set trainer.max_epochs or trainer.max_steps, "
+                    "or the scheduler's total_steps"
+                )
+            build = functools.partial(build, total_steps=max(1, length))
+        self.lr_scheduler = build
+        name = "the scheduler"
+        rehearsal = self.optimizer([torch.zeros(1, requires_grad=True)])
+        step = 0
+        try:
+            rehearsed = build(rehearsal)
+            name = type(rehearsed).__name__
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                while step < (length or 0):
+                    step += 1
+                    rehearsed.step()
+            return build(optimizer)
+        except (ValueError, TypeError, ArithmeticError) as e:
+            at = f" at step {step} of {length}" if step else ""
+            raise MnistlitError(f"model.lr_scheduler: {name} fails{at}: {' '.join(str(e).split())}") from e
+
+    def _scheduler_steps(self) -> int | None:
+        """How often this run steps the scheduler (per epoch or per optimizer step); None if unbounded.
+
+        Counted from the datamodule's training loader, not ``trainer.estimated_stepping_batches``,
+        which rebuilds the trainer's loader and so drops its restored position (Lightning #20550).
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        if self.lr_scheduler_interval == "epoch":
+            return epochs
+        datamodule = trainer.datamodule
+        per_epoch = (
+            math.ceil(len(datamodule.train_dataloader()) / trainer.accumulate_grad_batches)
+            if datamodule is not None
+            else None
+        )
+        limits = [trainer.max_steps] if trainer.max_steps > 0 else []
+        if epochs is not None and per_epoch is not None:
+            limits.append(epochs * per_epoch)
+        return min(limits) if limits else None
+
+    def on_train_start(self) -> None:
+        # A resumed run gets its scheduler back from the checkpoint, with the length it had then.
+        steps = self._scheduler_steps()
+        for config in self.trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            if total is not None and steps is not None and total < steps:
+                raise MnistlitError(
+                    f"the checkpoint's {type(config.scheduler).__name__} lasts {total} steps but this run "
+                    f"needs {steps}: resume with the max_epochs it was started with, or start a new run"
+                )

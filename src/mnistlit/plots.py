@@ -1,6 +1,7 @@
 """The pictures a run leaves: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from mnistlit.errors import MnistlitError  # noqa: E402
 
 
 def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Figure:
@@ -19,7 +22,7 @@ def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Fig
         ax.set_axis_off()
     for ax, image, title in zip(axes.flat, images.float().cpu(), titles, strict=False):
         ax.imshow(image.numpy(), cmap="gray")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, parse_math=False)  # file names may hold $
     figure.tight_layout()
     return figure
 
@@ -66,7 +69,12 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str]) -> Figure:
 
 def save(figure: Figure, path: Path) -> None:
     """Write the figure as PNG (atomically: a viewer refreshing it never sees half a file) and free it."""
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=100)
-    partial.replace(path)
-    plt.close(figure)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.png")
+    try:
+        figure.savefig(partial, dpi=100)
+        partial.replace(path)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise MnistlitError(f"could not write {path}: {e.strerror or e}") from e
+    finally:
+        plt.close(figure)
