@@ -44,7 +44,9 @@ def test_fit_prints_the_history_table_and_how_to_test(fitted) -> None:
     assert [row[0] for row in rows] == ["0", "1"]
     assert all(0.0 <= float(row[4]) <= 1.0 for row in rows)
     assert "best checkpoint:" in result.stdout
-    assert "--ckpt_path best" in result.stdout
+    assert (
+        f"python -m mnistlit test --config {BASE_CONFIG} --config tiny.yaml --ckpt_path best" in result.stdout
+    )
 
 
 def test_the_synthetic_digits_are_learned(fitted) -> None:
@@ -175,7 +177,7 @@ def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> Non
 
 MMAPPED_BY_A_LARGE_ALLOCATION = """
 import ctypes, sys, torch
-from mnistlit.cli import keep_freed_memory
+from mnistlit.runtime import keep_freed_memory
 
 FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mnistlit.errors import MnistlitError
+from mnistlit.errors import MnistlitError, one_line
 
 CHECKPOINT_ALIASES = ("best", "last")
 
@@ -59,7 +59,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def _why_unloadable(path: str | Path, error: Exception) -> str:
-    reason = " ".join(str(error).split())
+    reason = one_line(error, 200)
     if "Weights only load failed" in reason:
         return "it holds pickled objects other than tensors and plain data; refusing to load it"
     if isinstance(error, OSError):
@@ -67,7 +67,8 @@ def _why_unloadable(path: str | Path, error: Exception) -> str:
     if os.path.getsize(path) == 0:
         return "the file is empty"
     # torch's own messages for a damaged file are often bare ('101', ''): say what the file is not.
-    return f"not a complete PyTorch checkpoint ({type(error).__name__}: {reason[:200] or 'no details'})"
+    kind = type(error).__name__
+    return f"not a complete PyTorch checkpoint ({kind if reason == kind else f'{kind}: {reason}'})"
 
 
 def check_fits(checkpoint: dict[str, Any], path: str | Path, model: torch.nn.Module) -> None:
@@ -151,8 +152,10 @@ def best_in(folder: Path) -> Path | None:
     """The best checkpoint ModelCheckpoint recorded in ``last.ckpt``, else the only ``best*.ckpt``."""
     last = folder / "last.ckpt"
     if last.is_file():
-        for key, state in load(last).get("callbacks", {}).items():
-            recorded = key.startswith("ModelCheckpoint") and state.get("best_model_path")
+        # By role, not by name: the callback state that recorded a best path (last.ckpt's own
+        # writer monitors nothing, so it never records one).
+        for state in load(last).get("callbacks", {}).values():
+            recorded = isinstance(state, dict) and state.get("best_model_path")
             if recorded and (folder / Path(recorded).name).is_file():
                 return folder / Path(recorded).name
     candidates = list(folder.glob("best*.ckpt"))

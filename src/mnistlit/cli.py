@@ -1,36 +1,28 @@
 """The command line: LightningCLI with the callbacks, defaults and checkpoint handling we always want."""
 
-import ctypes
 import logging
-import os
 import shutil
 import signal
 import sys
 import warnings
 from pathlib import Path
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from mnistlit import checkpoints
-from mnistlit.callbacks import (
-    CachedCudaCheck,
-    EpochHistory,
-    ExactResume,
-    LastCheckpoint,
-    PredictionCSV,
-    RunPictures,
-    RunStopped,
-    StopOnSignal,
-)
 from mnistlit.data import MNISTDataModule
-from mnistlit.errors import MnistlitError
+from mnistlit.errors import MnistlitError, one_line
 from mnistlit.module import LitClassifier
+from mnistlit.reports import HISTORY_COLUMNS, EpochHistory, PredictionFiles, RunPictures, format_table
+from mnistlit.resume import ExactResume, LastCheckpoint, RunStopped, StopOnSignal
+from mnistlit.runtime import CachedCudaCheck, keep_freed_memory
 
 
 class MnistArgumentParser(LightningArgumentParser):
@@ -41,8 +33,7 @@ class MnistArgumentParser(LightningArgumentParser):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         command = ["mnistlit", *parser.prog.replace(" [options]", "").split()[1:]]
-        message = " ".join(message.split())[:300]
-        sys.stderr.write(f"mnistlit: error: {message} (see: {' '.join(command)} --help)\n")
+        sys.stderr.write(f"mnistlit: error: {one_line(message)} (see: {' '.join(command)} --help)\n")
         sys.exit(2)
 
 
@@ -61,6 +52,9 @@ class MnistCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        # The dataset decides how many classes the model and its network predict.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
             {"early_stopping.monitor": "val_acc", "early_stopping.mode": "max", "early_stopping.patience": 3}
@@ -78,6 +72,8 @@ class MnistCLI(LightningCLI):
                 f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {max_epochs}"
             )
         if config.get("weights_only") is None:
+            # Lightning's default for a path it did not write is a full unpickle, which runs any
+            # code a crafted checkpoint carries; ours hold only tensors and plain data.
             config.weights_only = True
         if config.get("ckpt_path"):
             path = checkpoints.resolve(config.ckpt_path, runs_folder(config.trainer))
@@ -85,14 +81,23 @@ class MnistCLI(LightningCLI):
             config.ckpt_path = str(path)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads the model's hyperparameters from ``--ckpt_path``; name the file they do not fit."""
+        """Take the model's hyperparameters from the checkpoint (as Lightning does), from the copy
+        ``parse_arguments`` loaded instead of reading the file again; name the file they do not fit."""
+        hparams = dict((self.checkpoint or {}).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        subcommand = self.config.subcommand
+        self.parser.exit_on_error = False
         try:
-            super()._parse_ckpt_path()
-        except SystemExit as e:
-            path = self.config[self.config.subcommand].ckpt_path
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except ArgumentError as e:
             raise MnistlitError(
-                f"checkpoint {path} was not written by this model: its hyperparameters do not fit"
+                f"checkpoint {self.config[subcommand].ckpt_path} was not written by this model: "
+                "its hyperparameters do not fit"
             ) from e
+        finally:
+            self.parser.exit_on_error = True
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Give the run its own ``version_N`` folder, or the checkpoint's folder when fit continues
@@ -120,8 +125,10 @@ class MnistCLI(LightningCLI):
             kwargs["logger"] = TensorBoardLogger(
                 save_dir=runs.parent, name=runs.name, version=version, default_hp_metric=False
             )
-        if config.trainer.get("plugins") is None:
-            kwargs["plugins"] = [checkpoints.AtomicCheckpointIO()]
+        plugins = config.trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, checkpoints.AtomicCheckpointIO()]
         try:
             return super().instantiate_trainer(**kwargs)
         except BaseException:
@@ -170,6 +177,20 @@ class MnistCLI(LightningCLI):
             )
 
     before_fit = before_validate = before_test = before_predict = _before_run
+
+    def after_fit(self) -> None:
+        """The history as a table (the seed's ``dfhistory``), where it was saved, and what to run next."""
+        if not self.trainer.is_global_zero:
+            return
+        history = next((c for c in self.trainer.callbacks if isinstance(c, EpochHistory)), None)
+        if history is not None and history.rows:
+            print(f"\n{format_table(history.rows, HISTORY_COLUMNS)}")
+            print(f"\nhistory: {history.path}")
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        if best:
+            configs = "".join(f" --config {path}" for path in self.config.fit.get("config") or [])
+            print(f"best checkpoint: {best}")
+            print(f"test it with:    python -m mnistlit test{configs} --ckpt_path best")
 
 
 def check_same_split(checkpoint: dict, datamodule: MNISTDataModule, path: str) -> None:
@@ -233,28 +254,6 @@ def quiet_known_noise() -> None:
     )
 
 
-def keep_freed_memory() -> None:
-    """Tell glibc's malloc to keep freed memory for the next step instead of returning it.
-
-    By default glibc raises its mmap threshold as large blocks are freed and trims the heap
-    back to the OS, so after the first epoch each CPU training step page-faulted ~6,700
-    fresh pages and took 31 ms instead of 23 ms (base.yaml, 2-core machine). The same as
-    exporting MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_; if either is exported,
-    that setting is left as it is.
-    """
-    exported = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys()
-    if exported or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 2**31 - 1)
-    mallopt(m_trim_threshold, 2**31 - 1)
-
-
 def stop_during_start_up(signum, frame) -> None:
     """SIGTERM before Lightning installs its own handler; inside Lightning's (which calls the
     handler it found, this one) the trainer decides when to stop."""
@@ -278,7 +277,7 @@ def main(args: list[str] | None = None) -> None:
                     CachedCudaCheck(),
                     EpochHistory(),
                     RunPictures(),
-                    PredictionCSV(),
+                    PredictionFiles(),
                 ]
             },
             auto_configure_optimizers=False,
@@ -293,7 +292,7 @@ def main(args: list[str] | None = None) -> None:
         name = str(e) if isinstance(e, RunStopped) else "Ctrl-C"
         sys.exit(f"mnistlit: stopped by {name} during start-up; nothing was saved")
     except (MnistlitError, MisconfigurationException) as e:
-        sys.exit(f"mnistlit: error: {' '.join(str(e).split())}")
+        sys.exit(f"mnistlit: error: {one_line(e, 1000)}")
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"mnistlit: error: {where}{e.strerror or e}")

@@ -4,6 +4,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import lightning as L
 import torch
@@ -15,6 +16,17 @@ from mnistlit.images import MAX_IMAGE_PIXELS, image_files, load_digits
 from mnistlit.sources import IDXDataset, dataset_named, ensure_files, read_idx
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def unit_range(digits: torch.Tensor) -> torch.Tensor:
+    """uint8 digits (B, 28, 28) as float (B, 1, 28, 28) in [0, 1]: what augmentation works on."""
+    return digits.unsqueeze(1).float().div_(255)
+
+
+def standardize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images scaled with MNIST's mean and standard deviation, in the channels_last layout
+    every network here is kept in (faster convolutions on CPUs)."""
+    return images.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=torch.channels_last)
 
 
 class InMemoryDigits(Dataset):
@@ -110,6 +122,19 @@ class ResumableBatches:
         self._resuming = True
 
 
+class DigitData(Protocol):
+    """What the callbacks in ``reports.py`` ask of a datamodule; MNISTDataModule provides it.
+
+    A datamodule of another dataset works with every callback when it has these attributes
+    and its predict loader answers ``indices_of(batch_idx)`` (see ResumableBatches).
+    """
+
+    class_names: list[str]  # the name of each class index, shown in every picture and CSV
+    num_classes: int  # len(class_names); the CLI links it to the model and its network
+    train_set: InMemoryDigits | None  # after setup("fit"): .images (N, 28, 28) uint8, .labels (N,)
+    predict_items: list[str] | None  # what each predicted image is (its file), None for the test set
+
+
 def split_indices(total: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of ``range(total)`` into (train, validation) indices."""
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
@@ -161,7 +186,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.augment = augment
         self.max_image_pixels = max_image_pixels
         self.class_names = list(self.dataset.classes)
+        self.num_classes = len(self.class_names)
         self.predict_items: list[str] | None = None
+        self.train_set: InMemoryDigits | None = None
 
     def prepare_data(self) -> None:
         if self.trainer is not None and self.trainer.predicting and self.predict_dir is not None:
@@ -238,10 +265,10 @@ class MNISTDataModule(L.LightningDataModule):
         """Turn uint8 (B, 28, 28) into normalised (B, 1, 28, 28) on the training device, in the
         network's dtype (float32 unless the precision is ``16-true``, ``bf16-true`` or ``64-true``)."""
         images, labels = batch
-        images = images.unsqueeze(1).float().div_(255)
+        images = unit_range(images)
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             images = self.augment(images)
-        images = images.sub_(MNIST_MEAN).div_(MNIST_STD)
+        images = standardize(images)
         if self.trainer is not None and self.trainer.lightning_module.dtype != images.dtype:
             images = images.to(self.trainer.lightning_module.dtype)
-        return images.contiguous(memory_format=torch.channels_last), labels
+        return images, labels

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnistlit.errors import one_line
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Well under PIL's own bomb limit (179 MP): a 40 MP RGBA image decodes into 160 MB.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -126,6 +128,6 @@ def load_digits(
                     images.append(preprocess_image(image))
             used.append(file)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            skipped.append((file, " ".join(str(e).split())[:200]))
+            skipped.append((file, one_line(e, 200)))
     stacked = torch.stack(images) if images else torch.zeros((0, 28, 28), dtype=torch.uint8)
     return stacked, used, skipped

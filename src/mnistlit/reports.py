@@ -1,9 +1,7 @@
-"""Callbacks the CLI always adds: exact resume, per-epoch history, pictures, predictions."""
+"""What a run leaves for people: the epoch history, pictures and predictions, as files and in TensorBoard."""
 
 import csv
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,213 +9,24 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
 from mnistlit import plots
+from mnistlit.data import DigitData
 from mnistlit.errors import MnistlitError
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """Writes ``last.ckpt``: every ``every_n_train_steps`` steps, so a crash loses at most that
-    many (the data loader's position is in the checkpoint, so it resumes mid-epoch), at the
-    end of every epoch, and when training ends.
+def run_folder(trainer: L.Trainer) -> Path | None:
+    """The run's folder where files are written: on global rank 0, None on the other ranks.
 
-    The best-by-val_acc ModelCheckpoint keeps the best weights; this one keeps the latest
-    state. (Lightning 2.6's own ``save_last`` rewrites last.ckpt at an epoch's end only when
-    that epoch also saved a best checkpoint, so a finished run's last.ckpt could be steps
-    behind its final weights.) Saving at ``on_train_epoch_end`` also puts it after the best
-    checkpoint's save, so the best path recorded in last.ckpt is current.
+    Every rank must call it: under DDP ``trainer.log_dir`` is a broadcast from rank 0, and a
+    collective asked on rank 0 alone hangs the run.
     """
-
-    def __init__(self, every_n_train_steps: int = 100) -> None:
-        super().__init__(
-            save_top_k=0,
-            save_last=True,
-            every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
-        )
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Again at the same step: the callbacks' states are final now (the history's last row).
-        if not trainer.fast_dev_run:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def last_checkpoint_of(trainer: L.Trainer) -> "LastCheckpoint | None":
-    """The callback that owns this run's ``last.ckpt``.
-
-    Not ``trainer.checkpoint_callback``: that is the first ModelCheckpoint, the best-by-val_acc one.
-    """
-    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
-
-
-class ExactResume(L.Callback):
-    """Saves the global RNG states with every checkpoint and puts them back when training
-    restarts: dropout draws from them, and Lightning does not save them."""
-
-    def __init__(self) -> None:
-        self._restored: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = state_dict
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._restored is None:
-            return
-        torch.set_rng_state(self._restored["torch"])
-        if "cuda" in self._restored and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self._restored["cuda"])
-        self._restored = None
-
-
-class RunStopped(BaseException):
-    """A stop asked for by a signal (its name is the message): raised at the end of a training
-    step after the first Ctrl-C, or by the CLI when SIGTERM arrives before the trainer runs.
-    A BaseException, like KeyboardInterrupt: libraries' ``except Exception`` must not swallow it."""
-
-
-class StopOnSignal(L.Callback):
-    """SIGTERM or Ctrl-C while training saves ``last.ckpt`` and stops; at any other moment
-    the run stops and says that nothing was saved. ``outcome`` holds that sentence.
-
-    Both take effect at a step boundary, so the saved state is never half an optimizer step:
-    the first Ctrl-C at the end of the current step (a second one interrupts at once and
-    saves nothing), SIGTERM where Lightning checks for it (after a step, or at an epoch's
-    end). A signal that arrives during validation waits until validation is over: a stop
-    inside it would lose that epoch's validation result. (ModelCheckpoint's
-    ``save_on_exception`` would also save after any error, including a NaN loss.)
-    """
-
-    def __init__(self) -> None:
-        self.outcome: str | None = None
-        self._ctrl_c = False
-        self._sigterm_waiting = False
-        self._previous: dict[int, Any] = {}
-        self._trainer: L.Trainer | None = None
-        self._training = False  # between on_train_start and on_train_end: the loop itself runs
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._training = True
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._trainer = trainer
-        self._previous = {
-            signal.SIGINT: signal.signal(signal.SIGINT, self._on_ctrl_c),
-            signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_sigterm),
-        }
-
-    def _on_ctrl_c(self, signum, frame) -> None:
-        signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
-        self._ctrl_c = True
-
-    def _on_sigterm(self, signum, frame) -> None:
-        if self._trainer is not None and self._trainer.validating:
-            self._sigterm_waiting = True
-        else:  # Lightning's handler: it stops the other DDP processes too
-            self._previous[signal.SIGTERM](signum, frame)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._sigterm_waiting:
-            self._sigterm_waiting = False
-            self._previous[signal.SIGTERM](signal.SIGTERM, None)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        if self._ctrl_c:
-            raise RunStopped("Ctrl-C")
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._training = False
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self._restore_handlers()
-        if isinstance(exception, SIGTERMException):
-            name = "SIGTERM"
-        elif isinstance(exception, RunStopped):
-            name = str(exception)
-        elif isinstance(exception, KeyboardInterrupt):
-            name = "Ctrl-C"
-        else:
-            return
-        stage = trainer.state.fn
-        last = last_checkpoint_of(trainer)
-        at_step_end = isinstance(exception, SIGTERMException) or (
-            isinstance(exception, RunStopped) and self._ctrl_c
-        )
-        if stage == "fit" and self._training and at_step_end and last is not None:
-            path = Path(last.dirpath) / "last.ckpt"
-            trainer.save_checkpoint(path, weights_only=False)
-            self.outcome = (
-                f"stopped by {name} at step {trainer.global_step}; saved {path} "
-                "(continue it with the same command and --ckpt_path last)"
-            )
-        elif stage == "fit":
-            if not self._training:
-                when = "before training started"
-            elif trainer.validating:
-                when = "during validation (a second Ctrl-C)"
-            else:
-                when = "in the middle of a step (a second Ctrl-C)"
-            saved = Path(last.dirpath) / "last.ckpt" if last is not None and last.dirpath else None
-            kept = f"; {saved} holds the last saved state" if saved is not None and saved.is_file() else ""
-            self.outcome = f"stopped by {name} {when}; nothing was saved{kept}"
-        else:
-            self.outcome = f"stopped by {name}; {stage.value} did not finish and wrote no results"
-
-
-class CachedCudaCheck(L.Callback):
-    """Lets torch answer "is CUDA available?" from its cached device count while training.
-
-    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so that the question never
-    initialises CUDA before processes are forked. torch asks it in every ``optimizer.step()``
-    (``current_accelerator(check_available=True)``), and the NVML route opens the NVML
-    library each time: on a CPU machine with torch's CUDA build, Adam's step on a small
-    network took 264 µs instead of 128 µs. By ``on_train_start`` every process of the run has
-    been launched, so the cached route is safe; the setting is put back when training ends.
-    """
-
-    variable = "PYTORCH_NVML_BASED_CUDA_CHECK"
-
-    def __init__(self) -> None:
-        self._previous: str | None = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._previous = os.environ.get(self.variable)
-        os.environ[self.variable] = "0"
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous is None:
-            os.environ.pop(self.variable, None)
-        else:
-            os.environ[self.variable] = self._previous
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self.on_train_end(trainer, pl_module)
+    log_dir = trainer.log_dir
+    return Path(log_dir or trainer.default_root_dir) if trainer.is_global_zero else None
 
 
 class EpochHistory(L.Callback):
@@ -312,10 +121,10 @@ class EpochHistory(L.Callback):
         self._write(trainer)
 
     def _write(self, trainer: L.Trainer) -> None:
-        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank must ask
-        if log_dir is None or not trainer.is_global_zero:
+        folder = run_folder(trainer)
+        if folder is None:
             return
-        self.path = Path(log_dir) / "history.csv"
+        self.path = folder / "history.csv"
         partial = self.path.with_name(f".history.csv.{os.getpid()}.partial")
         try:
             with open(partial, "w", newline="") as f:
@@ -327,19 +136,6 @@ class EpochHistory(L.Callback):
             partial.unlink(missing_ok=True)
             reason = f"{e.strerror or e}; the previous one is unchanged"
             raise MnistlitError(f"could not write {self.path}: {reason}") from e
-
-    @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows:
-            return
-        print()
-        print(format_table(self.rows, HISTORY_COLUMNS))
-        if self.path is not None:
-            print(f"\nhistory: {self.path}")
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            print(f"best checkpoint: {best}")
-            print("test it with:    python -m mnistlit test --config <your config> --ckpt_path best")
 
 
 def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
@@ -357,7 +153,7 @@ def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-class PredictionCSV(L.Callback):
+class PredictionFiles(L.Callback):
     """Writes ``predictions.csv`` (item, target, prediction, probability, top3) into the run
     folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
 
@@ -372,11 +168,14 @@ class PredictionCSV(L.Callback):
         self.path: Path | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.path = (Path(trainer.log_dir or trainer.default_root_dir) / self.filename).resolve()
+        folder = run_folder(trainer)
+        self.path = None if folder is None else (folder / self.filename).resolve()
+        self._sheet: list[tuple[torch.Tensor, str]] = []
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._open("w") as f:
             csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3"])
-        self._sheet: list[tuple[torch.Tensor, str]] = []
 
     def _open(self, mode: str):
         # File names that are not valid UTF-8 reach Python as surrogate escapes; written back
@@ -386,10 +185,10 @@ class PredictionCSV(L.Callback):
     def on_predict_batch_end(
         self, trainer, pl_module, prediction: torch.Tensor, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        items = getattr(trainer.datamodule, "predict_items", None)
-        classes = getattr(trainer.datamodule, "class_names", None) or [
-            str(c) for c in range(prediction.shape[1])
-        ]
+        if self.path is None:
+            return
+        data: DigitData = trainer.datamodule
+        items, classes = data.predict_items, data.class_names
         indices = trainer.predict_dataloaders.indices_of(batch_idx).tolist()
         names = [str(items[i]) if items is not None else str(i) for i in indices]
         top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
@@ -411,8 +210,10 @@ class PredictionCSV(L.Callback):
             self._sheet.append((image[0].cpu(), f"{shown}\n-> {classes[k[0]]} ({p[0]:.2f})"))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path is None:
+            return
         print(f"predictions written to {self.path}")
-        if self._sheet and trainer.is_global_zero:
+        if self._sheet:
             images = torch.stack([image for image, _ in self._sheet])
             titles = [title for _, title in self._sheet]
             figure = plots.digit_grid(images, titles, columns=min(10, len(titles)))
@@ -441,9 +242,10 @@ class RunPictures(L.Callback):
                 }
             }
             experiment.add_custom_scalars(layout)
-        dataset = getattr(trainer.datamodule, "train_set", None)
+        data: DigitData = trainer.datamodule
+        dataset = data.train_set
         if dataset is not None:
-            names = trainer.datamodule.class_names
+            names = data.class_names
             titles = [f"label = {names[int(label)]}" for label in dataset.labels[:9]]
             self._publish(trainer, "train_digits", lambda: plots.digit_grid(dataset.images[:9], titles))
 
@@ -453,7 +255,7 @@ class RunPictures(L.Callback):
             self._log_hparams(trainer, pl_module, {"hp/best_val_acc": float(score)})
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        classes = len(trainer.datamodule.class_names)
+        classes = len(trainer.datamodule.class_names)  # a DigitData
         self._counts = torch.zeros(classes, classes, dtype=torch.long, device=pl_module.device)
         self._worst = (torch.empty(0, device=pl_module.device),) * 4  # confidence, image, label, prediction
 
@@ -475,7 +277,7 @@ class RunPictures(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         counts = pl_module.all_gather(self._counts)
         counts = counts.sum(0) if counts.dim() == 3 else counts
-        names = trainer.datamodule.class_names
+        names = trainer.datamodule.class_names  # a DigitData
         self._publish(trainer, "confusion_matrix", lambda: plots.confusion_matrix(counts, names))
         confidence, images, labels, predicted = (t.cpu() for t in self._worst)
         titles = [
@@ -493,17 +295,15 @@ class RunPictures(L.Callback):
 
     def _publish(self, trainer: L.Trainer, name: str, draw: Callable[[], Figure]) -> None:
         """Draw the figure (on rank 0 only) into TensorBoard and ``<name>.png`` in the run folder."""
-        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank must ask
-        if not trainer.is_global_zero:
+        folder = run_folder(trainer)
+        if folder is None:
             return
         figure = draw()
         experiment = self._tensorboard(trainer)
         if experiment is not None:
             experiment.add_figure(name, figure, global_step=trainer.global_step, close=False)
-        if log_dir is not None:
-            path = Path(log_dir) / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            plots.save(figure, path)
+        folder.mkdir(parents=True, exist_ok=True)
+        plots.save(figure, folder / f"{name}.png")
 
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnistlit.callbacks import CachedCudaCheck
 from mnistlit.module import LitClassifier
+from mnistlit.runtime import CachedCudaCheck
 
 VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
 

@@ -1,0 +1,61 @@
+"""Process-level speed settings: glibc's malloc, and how torch asks whether CUDA is there."""
+
+import ctypes
+import os
+import sys
+
+import lightning as L
+
+
+def keep_freed_memory() -> None:
+    """Tell glibc's malloc to keep freed memory for the next step instead of returning it.
+
+    By default glibc raises its mmap threshold as large blocks are freed and trims the heap
+    back to the OS, so after the first epoch each CPU training step page-faulted ~6,700
+    fresh pages and took 31 ms instead of 23 ms (base.yaml, 2-core machine). The same as
+    exporting MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_; if either is exported,
+    that setting is left as it is.
+    """
+    exported = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys()
+    if exported or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 2**31 - 1)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
+class CachedCudaCheck(L.Callback):
+    """Lets torch answer "is CUDA available?" from its cached device count while training.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so that the question never
+    initialises CUDA before processes are forked. torch asks it in every ``optimizer.step()``
+    (``current_accelerator(check_available=True)``), and the NVML route opens the NVML
+    library each time: on a CPU machine with torch's CUDA build, Adam's step on a small
+    network took 264 µs instead of 128 µs. By ``on_train_start`` every process of the run has
+    been launched, so the cached route is safe; the setting is put back when training ends.
+    """
+
+    variable = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+    def __init__(self) -> None:
+        self._previous: str | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._previous = os.environ.get(self.variable)
+        os.environ[self.variable] = "0"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous is None:
+            os.environ.pop(self.variable, None)
+        else:
+            os.environ[self.variable] = self._previous
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_train_end(trainer, pl_module)
