@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnistlit.data import MNIST_MEAN, MNIST_STD, split_indices
+from mnistlit.batches import split_indices
+from mnistlit.data import MNIST_MEAN, MNIST_STD
+from mnistlit.datasets import MNIST
 from mnistlit.nets import Net
-from mnistlit.sources import MNIST, ensure_files
+from mnistlit.sources import ensure_files
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,10 @@ from torchmetrics import Accuracy
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from mnistlit.data import split_indices
+from mnistlit.batches import split_indices
+from mnistlit.datasets import MNIST
 from mnistlit.nets import Net
-from mnistlit.sources import MNIST, ensure_files
+from mnistlit.sources import ensure_files
 
 
 def run_epoch(net, loader, loss_fn, optimizer=None) -> tuple[float, float]:

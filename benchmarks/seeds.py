@@ -18,8 +18,9 @@ from pathlib import Path
 from run import KEEP_FREED_MEMORY, ROOT, cpu_name
 
 
-def run_seed(config: str, seed: int, data_dir: str, logs: str) -> tuple[float, float]:
-    common = ["--config", config, "--seed_everything", str(seed),
+def run_seed(configs: list[str], seed: int, data_dir: str, logs: str) -> tuple[float, float]:
+    layered = [arg for config in configs for arg in ("--config", config)]
+    common = [*layered, "--seed_everything", str(seed),
               "--trainer.default_root_dir", logs, "--data.data_dir", data_dir]  # fmt: skip
     env = {**os.environ, **KEEP_FREED_MEMORY}
     for subcommand in ("fit", "test"):
@@ -38,20 +39,21 @@ def run_seed(config: str, seed: int, data_dir: str, logs: str) -> tuple[float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/speedrun.yaml")
+    parser.add_argument("--config", action="append", help="repeat to layer configs (default: speedrun)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
+    configs = args.config or ["configs/speedrun.yaml"]
     results = {}
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as logs:
-            results[seed] = run_seed(args.config, seed, args.data_dir, logs)
+            results[seed] = run_seed(configs, seed, args.data_dir, logs)
         print(
             f"seed {seed}: {results[seed][0]:.1f} s, test_acc {results[seed][1]:.4f}",
             file=sys.stderr,
             flush=True,
         )
-    print(f"\n{args.config}, {cpu_name()}\n")
+    print(f"\n{' + '.join(configs)}, {cpu_name()}\n")
     print("| seed | training seconds | test acc |")
     print("|---:|---:|---:|")
     for seed, (seconds, accuracy) in results.items():

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from mnistlit.sources import idx_bytes
+from mnistlit.datasets import idx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "base.yaml"

@@ -4,7 +4,7 @@ import torch
 
 from mnistlit.augment import RandomAffine
 from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnistlit.sources import IDXDataset
+from mnistlit.datasets import IDXDataset
 
 from .conftest import draw_digits
 

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from .conftest import BASE_CONFIG, CONFIGS, assert_one_clear_line, run_cli, tiny_config, write_synthetic_mnist
+from .test_pictures import draw_seven
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,14 @@ def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted) -> None:
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["net"]["class_path"] == "mnistlit.nets.Net"
     assert config["data"]["batch_size"] == 32
+
+
+def test_output_that_is_not_a_terminal_gets_one_line_per_epoch(fitted) -> None:
+    _, result = fitted
+    assert "\r" not in result.stderr and "\r" not in result.stdout, "no redrawn progress bar in a log"
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ") and ": step " in line]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 0/1", "epoch 1/1"]
+    assert epochs[-1].startswith("epoch 1/1: step 88, ") and "val_acc" in epochs[-1]
 
 
 def test_fit_prints_the_history_table_and_how_to_test(fitted) -> None:
@@ -163,6 +172,55 @@ def test_the_speedrun_and_strong_configs_train_end_to_end(workdir: Path, config:
     assert float(rows[-1]["val_acc"]) > 0.5
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["lr_schedulers"][0]["total_steps"] == last["global_step"] == 2 * 44
+
+    # The checkpoint alone rebuilds its network, from plain Python (no config).
+    draw_seven().save(workdir / "seven.png")
+    code = (
+        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier\n"
+        "model = LitClassifier.load_from_checkpoint(sys.argv[1])\n"
+        "print(type(model.net).__name__, *model.classify(Image.open(sys.argv[2])))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, str(run / "checkpoints" / "last.ckpt"), str(workdir / "seven.png")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    name, digit, probability = loaded.stdout.split()
+    assert name == net and 0 <= int(digit) <= 9 and 0 < float(probability) <= 1
+
+
+def test_the_number_of_classes_comes_from_the_dataset(workdir: Path) -> None:
+    forty_seven = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    forty_seven["data"]["dataset"]["classes"] = [f"class {i}" for i in range(47)]
+    (workdir / "tiny47.yaml").write_text(yaml.safe_dump(forty_seven))
+    speedrun = str(BASE_CONFIG.with_name("speedrun.yaml"))
+    result = run_cli(
+        workdir, "fit", "--config", speedrun, "--config", "tiny47.yaml", "--trainer.max_epochs", "1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = torch.load(
+        workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=True,
+    )
+    assert last["state_dict"]["net.classifier.3.weight"].shape == (47, 256)
+    assert last["hyper_parameters"]["net"]["init_args"]["num_classes"] == 47
+
+
+def test_describe_says_what_a_checkpoint_holds_and_writes_nothing(fitted) -> None:
+    workdir, _ = fitted
+    before = sorted((workdir / "lightning_logs").iterdir())
+    result = run_cli(workdir, "describe", *CONFIGS, "--ckpt_path", "best")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "network:    mnistlit.nets.Net {'num_classes': 10} (53,994 parameters)" in result.stdout
+    assert "dataset:    mnist (10 classes), val_size 100, split_seed 42" in result.stdout
+    assert "val_acc:    " in result.stdout and "best-epoch=" in result.stdout
+    assert sorted((workdir / "lightning_logs").iterdir()) == before, "describe reserves no run folder"
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "mnistlit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "mnistlit 0.1.0"
 
 
 def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> None:

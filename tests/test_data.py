@@ -1,16 +1,10 @@
 import pytest
 import torch
 
-from mnistlit.data import (
-    MNIST_MEAN,
-    MNIST_STD,
-    InMemoryDigits,
-    MNISTDataModule,
-    ResumableBatches,
-    split_indices,
-)
+from mnistlit.batches import InMemoryDigits, ResumableBatches, split_indices
+from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
+from mnistlit.datasets import IDXDataset
 from mnistlit.errors import MnistlitError
-from mnistlit.sources import IDXDataset
 
 
 def make_datamodule(tiny_data, **kwargs) -> MNISTDataModule:

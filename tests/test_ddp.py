@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mnistlit.data import MNISTDataModule
-from mnistlit.sources import IDXDataset
+from mnistlit.datasets import IDXDataset
 
 from .conftest import CONFIGS, ROOT, tiny_config, write_synthetic_mnist
 from .shard_recorder import image_digest

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlit import checkpoints
+from mnistlit.runs import resolve
 
 from .conftest import (
     CONFIGS,
@@ -66,7 +66,7 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: sig
     for version in (0, 1):
         folder = last_ckpt(workdir, version).parent
         assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]
-    best = checkpoints.resolve("best", workdir / "lightning_logs")
+    best = resolve("best", workdir / "lightning_logs")
     (reference_best,) = last_ckpt(workdir, 0).parent.glob("best-*.ckpt")
     assert best.parent == last_ckpt(workdir, 1).parent and best.name == reference_best.name
     with open(workdir / "lightning_logs" / "version_1" / "history.csv") as f:

@@ -10,19 +10,9 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from mnistlit.datasets import FASHION_MNIST, KMNIST, MNIST, IDXDataset, dataset_named, idx_bytes, read_idx
 from mnistlit.errors import MnistlitError
-from mnistlit.sources import (
-    FASHION_MNIST,
-    KMNIST,
-    MNIST,
-    IDXDataset,
-    _NumpyArraysOnly,
-    dataset_named,
-    ensure_files,
-    idx_bytes,
-    mnist_from_pickle,
-    read_idx,
-)
+from mnistlit.sources import _NumpyArraysOnly, ensure_files, mnist_from_pickle
 
 from .conftest import FILES, draw_digits, write_synthetic_mnist
 

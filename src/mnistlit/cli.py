@@ -1,28 +1,28 @@
-"""The command line: LightningCLI with the callbacks, defaults and checkpoint handling we always want."""
+"""The command line: LightningCLI wired to our callbacks, run folders and the checks every run needs."""
 
-import logging
-import shutil
 import signal
 import sys
-import warnings
+from importlib.metadata import version
 from pathlib import Path
 
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnistlit import checkpoints
+from mnistlit import checkpoints, runs
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError, one_line
 from mnistlit.module import LitClassifier
-from mnistlit.reports import HISTORY_COLUMNS, EpochHistory, PredictionFiles, RunPictures, format_table
+from mnistlit.pictures import RunPictures
+from mnistlit.reports import HISTORY_COLUMNS, EpochHistory, EpochLines, PredictionFiles, format_table
 from mnistlit.resume import ExactResume, LastCheckpoint, RunStopped, StopOnSignal
-from mnistlit.runtime import CachedCudaCheck, keep_freed_memory
+from mnistlit.runtime import CachedCudaCheck, keep_freed_memory, quiet_known_noise
+from mnistlit.trainer import MnistTrainer
 
 
 class MnistArgumentParser(LightningArgumentParser):
@@ -38,8 +38,18 @@ class MnistArgumentParser(LightningArgumentParser):
 
 
 class MnistCLI(LightningCLI):
+    # Subcommands that train or evaluate get a run folder; the others (describe) write nothing.
+    runs_a_model = ("fit", "validate", "test", "predict")
     checkpoint: dict | None = None  # the --ckpt_path file, loaded once (weights_only) when parsed
     new_run: Path | None = None  # the version_N folder this process created, if any
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "describe": {"model", "datamodule"}}
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument("--version", action="version", version=f"mnistlit {version('mnistlit')}")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -71,12 +81,12 @@ class MnistCLI(LightningCLI):
             raise MnistlitError(
                 f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {max_epochs}"
             )
-        if config.get("weights_only") is None:
+        if subcommand in self.runs_a_model and config.get("weights_only") is None:
             # Lightning's default for a path it did not write is a full unpickle, which runs any
             # code a crafted checkpoint carries; ours hold only tensors and plain data.
             config.weights_only = True
         if config.get("ckpt_path"):
-            path = checkpoints.resolve(config.ckpt_path, runs_folder(config.trainer))
+            path = runs.resolve(config.ckpt_path, runs.runs_folder(config.trainer))
             self.checkpoint = checkpoints.load(path)
             config.ckpt_path = str(path)
 
@@ -105,26 +115,32 @@ class MnistCLI(LightningCLI):
         earlier run saved is overwritten). A fit holds a lock on its folder until it exits."""
         config = self.config_init[self.subcommand]
         logger = config.trainer.get("logger")
-        if logger is None or logger is True:
-            runs = runs_folder(self.config[self.subcommand].trainer)
+        if self.subcommand not in self.runs_a_model:
+            kwargs["logger"] = False
+        elif logger is None or logger is True:
+            folder = runs.runs_folder(self.config[self.subcommand].trainer)
             ckpt_path = config.get("ckpt_path")
             fitting = self.subcommand == "fit"
-            if fitting and ckpt_path and checkpoints.is_newest_state_of_a_run(Path(ckpt_path), runs):
+            if fitting and ckpt_path and runs.is_newest_state_of_a_run(Path(ckpt_path), folder):
                 run = Path(ckpt_path).parent.parent
-                version = checkpoints.version_of(run)
+                version = runs.version_of(run)
                 if rank_zero_only.rank == 0:
-                    checkpoints.lock_run(run)
+                    runs.lock_run(run)
                 self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, now with ckpt_path
             else:
-                version = self._reserve_version(runs)
+                version = self._reserve_version(folder)
                 if version is not None:
-                    self.new_run = runs / f"version_{version}"
+                    self.new_run = folder / f"version_{version}"
                     if fitting:
-                        checkpoints.lock_run(self.new_run)
+                        runs.lock_run(self.new_run)
             # default_hp_metric=False: the HParams tab gets the real final metrics (RunPictures).
             kwargs["logger"] = TensorBoardLogger(
-                save_dir=runs.parent, name=runs.name, version=version, default_hp_metric=False
+                save_dir=folder.parent, name=folder.name, version=version, default_hp_metric=False
             )
+        if not sys.stderr.isatty() and config.trainer.get("enable_progress_bar") is not False:
+            # A bar redrawn with \r writes megabytes into a log file: one line per epoch instead.
+            callbacks = [c for c in config.trainer.get("callbacks") or [] if not isinstance(c, ProgressBar)]
+            config.trainer.callbacks = [*callbacks, EpochLines()]
         plugins = config.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
@@ -136,23 +152,20 @@ class MnistCLI(LightningCLI):
             raise
 
     @staticmethod
-    def _reserve_version(runs: Path) -> int | None:
+    def _reserve_version(folder: Path) -> int | None:
         if rank_zero_only.rank != 0:
             return None  # other DDP ranks log nothing; rank 0's folder is broadcast to them
         try:
-            return checkpoints.reserve_run_folder(runs)
+            return runs.reserve_run_folder(folder)
         except OSError as e:
-            raise MnistlitError(f"cannot create a run folder in {runs}: {e.strerror or e}") from e
+            raise MnistlitError(f"cannot create a run folder in {folder}: {e.strerror or e}") from e
 
     def discard_unused_run(self) -> None:
         """Remove the run folder this process created if the run failed before saving anything
         (a checkpoint or predictions): such folders only crowd TensorBoard and ``best``/``last``."""
         run, self.new_run = self.new_run, None
-        if run is None or not run.is_dir():
-            return
-        kept = any(run.rglob("*.ckpt")) or (run / "predictions.csv").exists()
-        if not kept:
-            shutil.rmtree(run, ignore_errors=True)
+        if run is not None:
+            runs.discard_if_unused(run)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -168,7 +181,7 @@ class MnistCLI(LightningCLI):
             checkpoints.check_fits(self.checkpoint, self.config_init[self.subcommand].ckpt_path, self.model)
         if self.subcommand == "fit":
             if self.checkpoint is not None:
-                check_same_split(self.checkpoint, self.datamodule, self.config_init.fit.ckpt_path)
+                checkpoints.check_same_split(self.checkpoint, self.datamodule, self.config_init.fit.ckpt_path)
             check_monitored_metrics(self.trainer, self.model)
         if self.subcommand == "predict" and self.trainer.world_size > 1:
             raise MnistlitError(
@@ -193,31 +206,6 @@ class MnistCLI(LightningCLI):
             print(f"test it with:    python -m mnistlit test{configs} --ckpt_path best")
 
 
-def check_same_split(checkpoint: dict, datamodule: MNISTDataModule, path: str) -> None:
-    """Refuse to train on from a checkpoint whose run split the data differently: its
-    validation images could be this run's training images, and the reverse."""
-    saved = checkpoint.get("datamodule_hyper_parameters")
-    if not saved:
-        return
-    now = {
-        "dataset": datamodule.dataset.name,
-        "val_size": datamodule.val_size,
-        "split_seed": datamodule.split_seed,
-    }
-    dataset = saved.get("dataset")
-    then = {
-        "dataset": dataset if isinstance(dataset, str) else (dataset or {}).get("name", "mnist"),
-        "val_size": saved.get("val_size"),
-        "split_seed": saved.get("split_seed"),
-    }
-    differing = [f"data.{key} {then[key]} -> {now[key]}" for key in now if then[key] != now[key]]
-    if differing:
-        raise MnistlitError(
-            f"checkpoint {path} was trained on another train/validation split ({', '.join(differing)}); "
-            "continue it with its own data settings, or train from scratch"
-        )
-
-
 def check_monitored_metrics(trainer: Trainer, model: LitClassifier) -> None:
     """Every metric a callback monitors must be one the model logs (else it fails after an epoch)."""
     for callback in trainer.callbacks:
@@ -229,29 +217,6 @@ def check_monitored_metrics(trainer: Trainer, model: LitClassifier) -> None:
                 f"{kind} monitors {monitor!r}, which the model never logs; "
                 f"choose one of {', '.join(model.logged_metrics)}"
             )
-
-
-def runs_folder(trainer: Namespace) -> Path:
-    """The folder that holds this config's ``version_N`` run folders (the logger's root)."""
-    logger = trainer.get("logger")
-    root = Path(trainer.get("default_root_dir") or ".")
-    if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
-        init = logger.init_args
-        return Path(init.get("save_dir") or root) / (init.get("name") or "lightning_logs")
-    return root / "lightning_logs"
-
-
-def quiet_known_noise() -> None:
-    """Silence messages that tell a user nothing about their run."""
-    # Lightning 2.6 calls a torch API that torch 2.14 deprecated; nothing for a user to do.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # test/predict in a new process restore a checkpoint from another run's folder, by design.
-    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-    # Each run's version_N folder is created before the logger sees it.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
 
 
 def stop_during_start_up(signum, frame) -> None:
@@ -280,6 +245,7 @@ def main(args: list[str] | None = None) -> None:
                     PredictionFiles(),
                 ]
             },
+            trainer_class=MnistTrainer,
             auto_configure_optimizers=False,
             parser_class=MnistArgumentParser,
             args=args,

@@ -1,4 +1,4 @@
-"""The pictures a run leaves: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
+"""Drawing the figures: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
 
 import math
 import os

@@ -1,16 +1,14 @@
-"""What a run leaves for people: the epoch history, pictures and predictions, as files and in TensorBoard."""
+"""What a run leaves for people in its folder: the epoch history and the predictions."""
 
 import csv
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
+from lightning.pytorch.callbacks import ProgressBar
 
 from mnistlit import plots
 from mnistlit.data import DigitData
@@ -221,91 +219,34 @@ class PredictionFiles(L.Callback):
             print(f"contact sheet: {self.path.with_suffix('.png')}")
 
 
-class RunPictures(L.Callback):
-    """The pictures a user opens first, in TensorBoard and as PNG files in the run folder.
+class EpochLines(ProgressBar):
+    """The progress of a fit as one line per epoch, for output that is not a terminal (CI, nohup,
+    a log file), where a bar redrawn with carriage returns would write megabytes of fragments."""
 
-    At fit start: nine training digits with their labels (the seed's grid) and a TensorBoard
-    layout that puts train and validation curves in one chart. At the end of fit and test:
-    the hyperparameters with the final metrics (TensorBoard's HParams tab). At the end of
-    test: the confusion matrix and the most confident mistakes.
-    """
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._started = 0.0
 
-    worst_count = 16
+    def disable(self) -> None:
+        self._enabled = False
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        experiment = self._tensorboard(trainer)
-        if experiment is not None:
-            layout = {
-                "train vs val": {
-                    "loss": ["Multiline", ["train_loss", "val_loss"]],
-                    "accuracy": ["Multiline", ["train_acc", "val_acc"]],
-                }
-            }
-            experiment.add_custom_scalars(layout)
-        data: DigitData = trainer.datamodule
-        dataset = data.train_set
-        if dataset is not None:
-            names = data.class_names
-            titles = [f"label = {names[int(label)]}" for label in dataset.labels[:9]]
-            self._publish(trainer, "train_digits", lambda: plots.digit_grid(dataset.images[:9], titles))
+    def enable(self) -> None:
+        self._enabled = True
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-        if score is not None:
-            self._log_hparams(trainer, pl_module, {"hp/best_val_acc": float(score)})
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
 
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        classes = len(trainer.datamodule.class_names)  # a DigitData
-        self._counts = torch.zeros(classes, classes, dtype=torch.long, device=pl_module.device)
-        self._worst = (torch.empty(0, device=pl_module.device),) * 4  # confidence, image, label, prediction
-
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs: torch.Tensor, batch, batch_idx, dataloader_idx=0
-    ):
-        images, labels = batch
-        confidence, predicted = outputs.max(dim=1)
-        classes = self._counts.shape[0]
-        self._counts += torch.bincount(labels * classes + predicted, minlength=classes**2).view(classes, -1)
-        wrong = predicted != labels
-        pool = [
-            torch.cat([kept, new[wrong]])
-            for kept, new in zip(self._worst, (confidence, images, labels, predicted), strict=True)
-        ]
-        order = pool[0].argsort(descending=True)[: self.worst_count]
-        self._worst = tuple(t[order] for t in pool)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        counts = pl_module.all_gather(self._counts)
-        counts = counts.sum(0) if counts.dim() == 3 else counts
-        names = trainer.datamodule.class_names  # a DigitData
-        self._publish(trainer, "confusion_matrix", lambda: plots.confusion_matrix(counts, names))
-        confidence, images, labels, predicted = (t.cpu() for t in self._worst)
-        titles = [
-            f"true {names[int(t)]}, pred {names[int(p)]}\n({c:.2f})"
-            for t, p, c in zip(labels, predicted, confidence, strict=True)
-        ]
-        if titles:
-            self._publish(trainer, "misclassified", lambda: plots.digit_grid(images[:, 0], titles, columns=4))
-        metrics = {f"hp/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
-        self._log_hparams(trainer, pl_module, metrics)
-
-    @staticmethod
-    def _tensorboard(trainer: L.Trainer):
-        return trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
-
-    def _publish(self, trainer: L.Trainer, name: str, draw: Callable[[], Figure]) -> None:
-        """Draw the figure (on rank 0 only) into TensorBoard and ``<name>.png`` in the run folder."""
-        folder = run_folder(trainer)
-        if folder is None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled or trainer.sanity_checking:
             return
-        figure = draw()
-        experiment = self._tensorboard(trainer)
-        if experiment is not None:
-            experiment.add_figure(name, figure, global_step=trainer.global_step, close=False)
-        folder.mkdir(parents=True, exist_ok=True)
-        plots.save(figure, folder / f"{name}.png")
-
-    @staticmethod
-    def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
-        if isinstance(trainer.logger, TensorBoardLogger) and metrics:
-            trainer.logger.log_hyperparams(pl_module.hparams, metrics)
+        metrics = trainer.callback_metrics
+        scores = ", ".join(
+            f"{name} {float(metrics[name]):.4f}" for name in ("val_loss", "val_acc") if name in metrics
+        )
+        epochs = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs - 1}"
+        print(
+            f"epoch {trainer.current_epoch}{epochs}: step {trainer.global_step}, "
+            f"{time.perf_counter() - self._started:.1f} s{'; ' + scores if scores else ''}",
+            flush=True,
+        )

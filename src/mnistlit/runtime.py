@@ -1,10 +1,25 @@
-"""Process-level speed settings: glibc's malloc, and how torch asks whether CUDA is there."""
+"""Process-level settings: glibc's malloc, how torch asks whether CUDA is there, known noise."""
 
 import ctypes
+import logging
 import os
 import sys
+import warnings
 
 import lightning as L
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that tell a user nothing about their run."""
+    # Lightning 2.6 calls a torch API that torch 2.14 deprecated; nothing for a user to do.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # test/predict in a new process restore a checkpoint from another run's folder, by design.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # Each run's version_N folder is created before the logger sees it.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
 
 
 def keep_freed_memory() -> None:

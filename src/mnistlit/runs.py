@@ -1,0 +1,152 @@
+"""Run folders: one ``version_N`` per run, what ``best`` and ``last`` mean, one writer at a time."""
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from jsonargparse import Namespace
+
+from mnistlit.checkpoints import CHECKPOINT_ALIASES, load
+from mnistlit.errors import MnistlitError
+
+
+def runs_folder(trainer: Namespace) -> Path:
+    """The folder that holds this config's ``version_N`` run folders (the logger's root)."""
+    logger = trainer.get("logger")
+    root = Path(trainer.get("default_root_dir") or ".")
+    if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+        init = logger.init_args
+        return Path(init.get("save_dir") or root) / (init.get("name") or "lightning_logs")
+    return root / "lightning_logs"
+
+
+def resolve(ckpt_path: str, runs: Path) -> Path:
+    """Turn ``best``/``last`` into a checkpoint file of the newest training run; check other paths exist.
+
+    Lightning resolves these aliases only inside the run that wrote them, and every new
+    process starts a new ``version_N`` folder, so a later ``test --ckpt_path best`` needs this.
+    ``best`` is the newest run's best checkpoint (or an older run's, if newer ones have none
+    yet); ``last`` is the newest training run's ``last.ckpt`` and nothing else: resuming
+    another run than the one a user just stopped would continue the wrong experiment.
+    """
+    if ckpt_path not in CHECKPOINT_ALIASES:
+        path = Path(ckpt_path)
+        if not path.exists():
+            raise MnistlitError(f"--ckpt_path {ckpt_path}: no such file")
+        return path
+    training_runs = sorted(
+        (folder.parent for folder in runs.glob("version_*/checkpoints") if folder.is_dir()),
+        key=version_of,
+        reverse=True,
+    )
+    if ckpt_path == "last" and training_runs:
+        newest = training_runs[0] / "checkpoints" / "last.ckpt"
+        if newest.is_file():
+            return newest
+        others = [str(run) for run in training_runs if (run / "checkpoints" / "last.ckpt").is_file()]
+        raise MnistlitError(
+            f"--ckpt_path last: the newest training run, {training_runs[0]}, has no last.ckpt; "
+            + (
+                f"runs that have one: {', '.join(others)} (pass its file to --ckpt_path)"
+                if others
+                else "no other run has one either"
+            )
+        )
+    for run in training_runs:
+        found = best_in(run / "checkpoints")
+        if found is not None:
+            return found
+    raise MnistlitError(
+        f"--ckpt_path {ckpt_path}: no run under {runs}/ has a {ckpt_path} checkpoint yet "
+        "(train first: python -m mnistlit fit --config ...)"
+    )
+
+
+def is_newest_state_of_a_run(path: Path, runs: Path) -> bool:
+    """Whether ``path`` is ``runs/version_N/checkpoints/last.ckpt``: the state a run would continue from.
+
+    Any other file (a best checkpoint, a copy, another folder's) is an earlier state or a
+    stranger; continuing it inside its run would overwrite what that run saved later.
+    """
+    run = path.parent.parent
+    return (
+        path.name == "last.ckpt"
+        and path.parent.name == "checkpoints"
+        and version_of(run) >= 0
+        and run.parent.resolve() == runs.resolve()
+    )
+
+
+def best_in(folder: Path) -> Path | None:
+    """The best checkpoint ModelCheckpoint recorded in ``last.ckpt``, else the only ``best*.ckpt``."""
+    last = folder / "last.ckpt"
+    if last.is_file():
+        # By role, not by name: the callback state that recorded a best path (last.ckpt's own
+        # writer monitors nothing, so it never records one).
+        for state in load(last).get("callbacks", {}).values():
+            recorded = isinstance(state, dict) and state.get("best_model_path")
+            if recorded and (folder / Path(recorded).name).is_file():
+                return folder / Path(recorded).name
+    candidates = list(folder.glob("best*.ckpt"))
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def version_of(run: Path) -> int:
+    """N for a ``version_N`` folder, -1 for anything else."""
+    suffix = run.name.removeprefix("version_")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def reserve_run_folder(runs: Path) -> int:
+    """Create the next free ``version_N`` folder and return N.
+
+    ``mkdir`` either creates the folder or fails, so two runs started at the same moment
+    never get the same folder (TensorBoardLogger only lists the folders and picks the next).
+    """
+    runs.mkdir(parents=True, exist_ok=True)
+    version = max((version_of(p) for p in runs.iterdir()), default=-1) + 1
+    while True:
+        try:
+            (runs / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
+_held_locks: list = []  # open lock files: the kernel releases them when the process ends, however it ends
+
+
+def lock_run(run: Path) -> None:
+    """Make this process the only writer of the run folder ``run``, until it exits.
+
+    ``flock`` is released by the kernel when the process dies, even by SIGKILL, so a lock
+    is never left behind; a second writer is refused with the holder's PID.
+    """
+    path = run / ".lock"
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    except OSError as e:
+        raise MnistlitError(f"cannot lock run folder {run}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise MnistlitError(
+            f"run folder {run} is in use by another mnistlit process (PID {holder}); "
+            "wait for it to end or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks.append(handle)
+
+
+def discard_if_unused(run: Path) -> None:
+    """Remove a run folder that holds no checkpoint and no predictions: a run that failed before
+    saving anything leaves nothing to crowd TensorBoard and the ``best``/``last`` lookup."""
+    if run.is_dir() and not any(run.rglob("*.ckpt")) and not (run / "predictions.csv").exists():
+        shutil.rmtree(run, ignore_errors=True)
