@@ -182,7 +182,7 @@ class MnistCLI(LightningCLI):
         if self.subcommand == "fit":
             if self.checkpoint is not None:
                 checkpoints.check_same_split(self.checkpoint, self.datamodule, self.config_init.fit.ckpt_path)
-            check_monitored_metrics(self.trainer, self.model)
+            self.model.check_monitors(self.trainer.callbacks)
         if self.subcommand == "predict" and self.trainer.world_size > 1:
             raise MnistlitError(
                 "predict runs in one process (each process would predict only its share); "
@@ -204,19 +204,6 @@ class MnistCLI(LightningCLI):
             configs = "".join(f" --config {path}" for path in self.config.fit.get("config") or [])
             print(f"best checkpoint: {best}")
             print(f"test it with:    python -m mnistlit test{configs} --ckpt_path best")
-
-
-def check_monitored_metrics(trainer: Trainer, model: LitClassifier) -> None:
-    """Every metric a callback monitors must be one the model logs (else it fails after an epoch)."""
-    for callback in trainer.callbacks:
-        monitor = getattr(callback, "monitor", None)
-        known = (None, *model.logged_metrics)
-        if isinstance(callback, EarlyStopping | ModelCheckpoint) and monitor not in known:
-            kind = "early stopping" if isinstance(callback, EarlyStopping) else "checkpoint"
-            raise MnistlitError(
-                f"{kind} monitors {monitor!r}, which the model never logs; "
-                f"choose one of {', '.join(model.logged_metrics)}"
-            )
 
 
 def stop_during_start_up(signum, frame) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters  # private: see pyproject
 from PIL import Image
@@ -39,8 +40,8 @@ class LitClassifier(L.LightningModule):
     """Classifies digits with any network that maps (B, 1, 28, 28) to (B, num_classes) logits.
 
     Metrics are updated every step and logged once per epoch as ``{stage}_loss`` and
-    ``{stage}_acc``: a ``self.log`` call costs about half a millisecond in Lightning 2.6,
-    a few percent of a step on a CPU. The progress bar shows the step loss every
+    ``{stage}_acc``: each ``self.log`` call costs Lightning a deep copy of its bookkeeping,
+    a few percent of a step on a CPU (README, Speed). The progress bar shows the step loss every
     ``trainer.log_every_n_steps`` steps, which is also when a non-finite loss is looked
     for (and before every checkpoint): the first bad step is remembered on the device, so
     no step waits for the host.
@@ -83,6 +84,20 @@ class LitClassifier(L.LightningModule):
         self.val_metrics = StageMetrics(num_classes)
         self.test_metrics = StageMetrics(num_classes)
         self._first_nonfinite_step: Tensor | None = None
+
+    def check_monitors(self, callbacks: list[L.Callback]) -> None:
+        """Every metric a callback monitors must be one this module logs (else it fails after an epoch)."""
+        for callback in callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if isinstance(callback, EarlyStopping | ModelCheckpoint) and monitor not in (
+                None,
+                *self.logged_metrics,
+            ):
+                kind = "early stopping" if isinstance(callback, EarlyStopping) else "checkpoint"
+                raise MnistlitError(
+                    f"{kind} monitors {monitor!r}, which the model never logs; "
+                    f"choose one of {', '.join(self.logged_metrics)}"
+                )
 
     def configure_model(self) -> None:
         if self.compile:

@@ -31,7 +31,8 @@ class EpochHistory(L.Callback):
     """One row of epoch metrics per epoch, written to ``history.csv`` in the run folder as
     each epoch ends and printed as a table when fit ends (the seed's ``dfhistory``).
     ``learning_curves.png`` is drawn from the rows when training ends or is stopped: drawing
-    it takes ~0.15 s, 1.5% of a base.yaml epoch on a 2-core CPU (TensorBoard is the live view).
+    it every epoch cost more than the steps it interrupted (README, Speed; TensorBoard is the
+    live view).
 
     A row is completed when the next epoch starts (or training ends): callbacks see
     ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.

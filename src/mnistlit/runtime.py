@@ -26,10 +26,9 @@ def keep_freed_memory() -> None:
     """Tell glibc's malloc to keep freed memory for the next step instead of returning it.
 
     By default glibc raises its mmap threshold as large blocks are freed and trims the heap
-    back to the OS, so after the first epoch each CPU training step page-faulted ~6,700
-    fresh pages and took 31 ms instead of 23 ms (base.yaml, 2-core machine). The same as
-    exporting MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_; if either is exported,
-    that setting is left as it is.
+    back to the OS, so after the first epoch every CPU training step page-faults thousands
+    of fresh pages (README, Speed). The same as exporting MALLOC_MMAP_THRESHOLD_ and
+    MALLOC_TRIM_THRESHOLD_; if either is exported, that setting is left as it is.
     """
     exported = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys()
     if exported or not sys.platform.startswith("linux"):
@@ -50,9 +49,9 @@ class CachedCudaCheck(L.Callback):
     Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so that the question never
     initialises CUDA before processes are forked. torch asks it in every ``optimizer.step()``
     (``current_accelerator(check_available=True)``), and the NVML route opens the NVML
-    library each time: on a CPU machine with torch's CUDA build, Adam's step on a small
-    network took 264 µs instead of 128 µs. By ``on_train_start`` every process of the run has
-    been launched, so the cached route is safe; the setting is put back when training ends.
+    library each time, which doubles the cost of a small network's Adam step on a CPU machine
+    with torch's CUDA build (README, Speed). By ``on_train_start`` every process of the run
+    has been launched, so the cached route is safe; the setting is put back when training ends.
     """
 
     variable = "PYTORCH_NVML_BASED_CUDA_CHECK"
