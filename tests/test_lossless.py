@@ -339,14 +339,38 @@ def test_a_file_name_that_looks_like_a_glob_is_read_literally(trained: Path) -> 
     assert [Path(item.decode()).name for item in predicted_items(result)] == ["digit[1].png"]
 
 
+# VmHWM: the peak resident memory of this process image (ru_maxrss carries the parent's peak across exec).
+PEAK_MEMORY_OF_A_48_MEGAPIXEL_PHOTO = r"""
+import re
+from PIL import Image, ImageDraw
+from mnistlit.images import preprocess_image
+
+def peak_kb():
+    return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+
+photo = Image.new("L", (8000, 6000), 255)
+ImageDraw.Draw(photo).line([(5000, 800), (5700, 800), (5200, 4800)], fill=0, width=160)
+before = peak_kb()
+digit = preprocess_image(photo)
+print(peak_kb() - before, int(digit.max()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_a_large_photo_is_shrunk_before_any_float_copy() -> None:
     from mnistlit.images import preprocess_image
 
     from .test_pictures import assert_mnist_like
 
-    assert_mnist_like(
-        preprocess_image(draw_seven(size=(4000, 3000), origin=(2500, 400)).resize((8000, 6000)))
+    photo = draw_seven(size=(4000, 3000), origin=(2500, 400)).resize((8000, 6000))
+    assert_mnist_like(preprocess_image(photo))
+    # Float64 copies of 48 megapixels would take 384 MB each; the shrunk photo needs a few MB.
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_OF_A_48_MEGAPIXEL_PHOTO], capture_output=True, text=True
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    extra_kb, ink = map(int, result.stdout.split())
+    assert ink > 200 and extra_kb < 100_000, f"preprocessing took {extra_kb // 1024} MB more"
 
 
 # Case 12 ----------------------------------------------------------------------------------
