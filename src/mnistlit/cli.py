@@ -38,14 +38,18 @@ class MnistArgumentParser(LightningArgumentParser):
 
 
 class MnistCLI(LightningCLI):
-    # Subcommands that train or evaluate get a run folder; the others (describe) write nothing.
+    # Subcommands that train or evaluate get a run folder; the others (describe, serve) write nothing.
     runs_a_model = ("fit", "validate", "test", "predict")
     checkpoint: dict | None = None  # the --ckpt_path file, loaded once (weights_only) when parsed
     new_run: Path | None = None  # the version_N folder this process created, if any
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "describe": {"model", "datamodule"}}
+        return {
+            **LightningCLI.subcommands(),
+            "describe": {"model", "datamodule"},
+            "serve": {"model", "datamodule"},
+        }
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)

@@ -4,29 +4,43 @@ from pathlib import Path
 
 import lightning as L
 
-from mnistlit import checkpoints
 
-
-def describe(path: str | Path, model: L.LightningModule, datamodule: L.LightningDataModule) -> str:
-    """The network, dataset, training progress and best validation accuracy of checkpoint ``path``,
+def summary(path: str | Path, checkpoint: dict, model: L.LightningModule, datamodule) -> dict:
+    """The network, dataset, training progress and best validation accuracy of a checkpoint,
     with ``model`` and ``datamodule`` built from it (the CLI takes their settings from the file)."""
-    checkpoint = checkpoints.load(path)
     net = model.hparams.get("net") or {"class_path": type(model.net).__qualname__}
-    parameters = sum(p.numel() for p in model.net.parameters())
     saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
     dataset = saved_data.get("dataset")
-    dataset_name = dataset if isinstance(dataset, str) else (dataset or {}).get("name", "?")
     scores = [
         float(state["best_model_score"])
         for state in checkpoint.get("callbacks", {}).values()
         if isinstance(state, dict) and state.get("best_model_path") and state.get("best_model_score")
     ]
-    lines = [
-        f"checkpoint: {path}",
-        f"network:    {net['class_path']} {net.get('init_args', {})} ({parameters:,} parameters)",
-        f"dataset:    {dataset_name} ({len(datamodule.class_names)} classes), "
-        f"val_size {saved_data.get('val_size', '?')}, split_seed {saved_data.get('split_seed', '?')}",
-        f"trained:    epoch {checkpoint.get('epoch', '?')}, step {checkpoint.get('global_step', '?')}",
-        f"val_acc:    {max(scores):.4f} (the run's best)" if scores else "val_acc:    not recorded",
-    ]
-    return "\n".join(lines)
+    return {
+        "checkpoint": str(path),
+        "net": net["class_path"],
+        "net_init_args": net.get("init_args", {}),
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "dataset": dataset if isinstance(dataset, str) else (dataset or {}).get("name", "?"),
+        "classes": len(datamodule.class_names),
+        "val_size": saved_data.get("val_size"),
+        "split_seed": saved_data.get("split_seed"),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "val_acc": max(scores) if scores else None,
+    }
+
+
+def describe(about: dict) -> str:
+    """A ``summary`` as the lines ``mnistlit describe`` prints."""
+    val_acc = f"{about['val_acc']:.4f} (the run's best)" if about["val_acc"] is not None else "not recorded"
+    return "\n".join(
+        [
+            f"checkpoint: {about['checkpoint']}",
+            f"network:    {about['net']} {about['net_init_args']} ({about['parameters']:,} parameters)",
+            f"dataset:    {about['dataset']} ({about['classes']} classes), "
+            f"val_size {about['val_size']}, split_seed {about['split_seed']}",
+            f"trained:    epoch {about['epoch']}, step {about['global_step']}",
+            f"val_acc:    {val_acc}",
+        ]
+    )

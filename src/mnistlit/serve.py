@@ -1,0 +1,205 @@
+"""``mnistlit serve``: a trained model behind a JSON API on FastAPI + uvicorn, in one process."""
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mnistlit.data import standardize, unit_range
+from mnistlit.errors import MnistlitError, one_line
+from mnistlit.images import MAX_IMAGE_PIXELS, preprocess_image
+
+MAX_UPLOAD_BYTES = 5_000_000
+
+
+class Rejected(Exception):
+    """A request the server answers with a 4xx JSON error instead of a prediction."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Classifier:
+    """A network in eval mode with what a client needs to read its answers."""
+
+    model: torch.nn.Module
+    class_names: list[str]
+    info: dict
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+
+    def decode(self, data: bytes) -> Image.Image:
+        """The image in ``data``, its size checked against ``max_pixels`` before it is decoded."""
+        if not data:
+            raise Rejected(400, "the request holds no image")
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
+            raise Rejected(422, f"not an image that can be read: {one_line(e, 200)}") from e
+        if image.width * image.height > self.max_pixels:
+            raise Rejected(
+                422, f"{image.width}x{image.height} is over the limit of {self.max_pixels:,} pixels"
+            )
+        return image
+
+    @torch.inference_mode()
+    def predict(self, data: bytes) -> dict:
+        try:
+            digit = preprocess_image(self.decode(data))
+        except (ValueError, OSError) as e:
+            raise Rejected(422, one_line(e, 200)) from e
+        images = standardize(unit_range(digit[None]))
+        parameter = next(self.model.parameters())
+        probabilities = self.model(images.to(parameter.device, parameter.dtype)).softmax(1)[0].float().cpu()
+        best = int(probabilities.argmax())
+        return {
+            "digit": best,
+            "label": self.class_names[best],
+            "probability": float(probabilities[best]),
+            "probabilities": [round(float(p), 6) for p in probabilities],
+            "classes": self.class_names,
+            "input_28x28": png_data_url(digit.numpy()),
+        }
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_from_data_url(value: object) -> bytes:
+    """The bytes of ``data:image/...;base64,...`` (or of plain base64)."""
+    if not isinstance(value, str):
+        raise Rejected(400, 'give the image as a string: {"image": "data:image/png;base64,..."}')
+    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise Rejected(400, "the image is not valid base64") from e
+
+
+def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+    """The FastAPI application: ``POST /predict``, ``POST /predict/batch``, ``GET /health``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="mnistlit", description="Digits classified by a model trained with mnistlit.")
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, error: Rejected) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": one_line(error)}, status_code=422)
+
+    async def body_of(request: Request) -> bytes:
+        """The request body, read no further than ``max_upload_bytes``."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_upload_bytes:
+                raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
+        request._body = bytes(body)  # Starlette's own cache of the body: request.form() reads it from here
+        return request._body
+
+    async def images_in(request: Request) -> list[bytes]:
+        """Every image of a request: multipart files, a JSON ``image``/``images``, or the raw body."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await body_of(request)
+        if kind == "multipart/form-data":
+            form = await request.form()
+            return [await item.read() for _, item in form.multi_items() if hasattr(item, "read")]
+        if kind == "application/json":
+            try:
+                payload = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise Rejected(400, f"the body is not valid JSON: {one_line(e, 100)}") from e
+            if not isinstance(payload, dict) or not ({"image", "images"} & payload.keys()):
+                raise Rejected(400, 'give {"image": "data:image/png;base64,..."} or {"images": [...]}')
+            values = payload["images"] if "images" in payload else [payload["image"]]
+            if not isinstance(values, list):
+                raise Rejected(400, '"images" must be a list')
+            return [image_from_data_url(value) for value in values]
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            return [body]
+        raise Rejected(
+            415, f"send an image (image/png, image/jpeg, ...), multipart or JSON, not {kind or 'nothing'}"
+        )
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        images = await images_in(request)
+        if len(images) != 1:
+            raise Rejected(400, f"/predict takes one image, got {len(images)} (use /predict/batch)")
+        return classifier.predict(images[0])
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request) -> list[dict]:
+        results = []
+        for data in await images_in(request):
+            try:
+                results.append(classifier.predict(data))
+            except Rejected as e:
+                results.append({"error": str(e)})
+        return results
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": classifier.info}
+
+    return app
+
+
+def run(app, host: str, port: int) -> None:
+    """Listen on ``host:port`` (0: a free port), print the address, serve until Ctrl-C or SIGTERM."""
+    import signal
+    import socket
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # from here connections wait for uvicorn: the address printed below works
+    except OSError as e:
+        listener.close()
+        raise MnistlitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    bound = listener.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(
+        f"serving on http://{shown}:{bound} (API docs: http://{shown}:{bound}/docs); Ctrl-C stops it",
+        flush=True,
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then raises the same signal again for
+    # the handler it found: ignored here, so that the stop ends with one line and exit code 0.
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in stops}
+    try:
+        server.run(sockets=[listener])
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+    print("mnistlit: server stopped", flush=True)
