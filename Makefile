@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench speedrun strong clean
+.PHONY: install fit test lint tensorboard bench bench-serve speedrun strong serve clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+serve: install
+	$(PY) -m mnistlit serve --config $(CONFIG) --ckpt_path best
+
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir lightning_logs
 
@@ -31,6 +34,9 @@ clean:
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-serve: install
+	$(PY) benchmarks/serve.py $(BENCH_ARGS)
 
 speedrun: install
 	$(PY) benchmarks/seeds.py --config configs/speedrun.yaml --seeds 0 1 2 3 4

@@ -1,0 +1,113 @@
+"""The page of ``mnistlit serve`` in a real browser: Debian's Chromium driven by Playwright.
+
+Digits are drawn with the mouse along scripted strokes, in the seven-segment style of the
+synthetic training digits (tests/conftest.py), so a model trained here for a few seconds
+reads them. Set MNISTLIT_SERVE_SCREENSHOT to a path to keep the page's screenshot there
+(docs/serve.png in the README is one).
+"""
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from .conftest import CONFIGS, run_cli, start_cli, tiny_config, write_synthetic_mnist
+from .test_lossless import png_header_only
+
+CHROMIUM = next(
+    (
+        path
+        for path in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+        if path and Path(path).exists()
+    ),
+    None,
+)
+if CHROMIUM is None and os.environ.get("CI"):
+    raise RuntimeError("CI must run the browser test: .ci/run installs Debian's chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium)")
+
+# Strokes on the 280x280 canvas, in the seven-segment shapes the tiny model learned.
+STROKES = {
+    "1": [[(180, 40), (180, 240)]],
+    "7": [[(90, 40), (190, 40), (190, 240)]],
+    "0": [[(90, 40), (190, 40), (190, 240), (90, 240), (90, 40)]],
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("served")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=4)
+    fitted = run_cli(workdir, "fit", *CONFIGS, "--model.lr_scheduler.init_args.T_max", "4")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    process = start_cli(workdir, "serve", *CONFIGS, "--ckpt_path", "best", "--port", "0")
+    line = process.stdout.readline()
+    assert line.startswith("serving on http://127.0.0.1:"), line + process.stderr.read()[-3000:]
+    yield line.split()[2], workdir
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 760, "height": 720})
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+def draw(page, strokes: list[list[tuple[int, int]]]) -> None:
+    box = page.locator("#canvas").bounding_box()
+    scale = box["width"] / 280
+    for stroke in strokes:
+        (x, y), *rest = stroke
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+        page.mouse.down()
+        for x, y in rest:
+            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=12)
+        page.mouse.up()
+
+
+def test_drawn_digits_are_read_and_shown_with_what_the_network_saw(page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#model")).to_contain_text("mnistlit.nets.Net · mnist (10 classes)")
+    for digit, strokes in STROKES.items():
+        page.click("#clear")
+        expect(page.locator("#digit")).to_have_text("–")
+        draw(page, strokes)
+        expect(page.locator("#digit")).to_have_text(digit, timeout=10_000)
+        expect(page.locator("#bars .bar")).to_have_count(10)
+        expect(page.locator("#bars .bar.best .name")).to_have_text(digit)
+        assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
+    page.screenshot(path=os.environ.get("MNISTLIT_SERVE_SCREENSHOT") or str(tmp_path / "serve.png"))
+
+    page.click("#undo")  # the 0 was one stroke: nothing left to read
+    expect(page.locator("#digit")).to_have_text("–")
+    expect(page.locator("#bars .bar")).to_have_count(0)
+
+
+def test_an_uploaded_photo_is_read_and_a_bad_file_is_one_message(page, server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from .conftest import draw_digits
+
+    images, labels = draw_digits(40, seed=11)
+    index = next(i for i, label in enumerate(labels) if label == 7)
+    from PIL import Image
+
+    Image.fromarray(255 - images[index]).resize((280, 280)).save(tmp_path / "seven.png")  # dark ink on paper
+    page.set_input_files("#file", str(tmp_path / "seven.png"))
+    expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
+
+    (tmp_path / "bomb.png").write_bytes(png_header_only(20_000, 20_000))
+    page.set_input_files("#file", str(tmp_path / "bomb.png"))
+    expect(page.locator("#status")).to_contain_text("pixels")
+    expect(page.locator("#digit")).to_have_text("–")
