@@ -6,6 +6,7 @@ user would write for any MNIST-format dataset, so checksum verification stays on
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,21 @@ def last_ckpt(workdir: Path, version: int) -> Path:
 
 def step_of(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    """The run folder of one uninterrupted FIT, made once: the tests that stop and resume a
+    run compare their final weights with it (a copy of it becomes their version_0)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"))
+    result = run_cli(workdir, *FIT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir / "lightning_logs" / "version_0"
+
+
+def copy_reference(reference_run: Path, workdir: Path) -> None:
+    """Put the reference run into ``workdir`` as its version_0, as if FIT had just run there."""
+    shutil.copytree(
+        reference_run, workdir / "lightning_logs" / "version_0", ignore=shutil.ignore_patterns(".lock")
+    )

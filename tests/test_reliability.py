@@ -17,6 +17,7 @@ from .conftest import (
     FIT,
     assert_one_clear_line,
     assert_same_weights,
+    copy_reference,
     last_ckpt,
     run_cli,
     start_cli,
@@ -40,9 +41,10 @@ def wait_for_checkpoint(path: Path, process: subprocess.Popen, at_least: int) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: signal.Signals) -> None:
-    reference = run_cli(workdir, *FIT)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def test_a_stopped_run_resumes_to_bit_identical_weights(
+    workdir: Path, reference_run, stop: signal.Signals
+) -> None:
+    copy_reference(reference_run, workdir)
 
     process = start_cli(workdir, *FIT)
     # Any step: inside an epoch, on an epoch's last batch, in the first epoch or a later one.
@@ -77,9 +79,10 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(workdir: Path, stop: sig
 
 
 @pytest.mark.slow
-def test_a_finished_run_continued_from_its_last_checkpoint_matches_a_longer_run(workdir: Path) -> None:
-    reference = run_cli(workdir, *FIT)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def test_a_finished_run_continued_from_its_last_checkpoint_matches_a_longer_run(
+    workdir: Path, reference_run
+) -> None:
+    copy_reference(reference_run, workdir)
     short = run_cli(workdir, *FIT, "--trainer.max_epochs", "1")
     assert short.returncode == 0, short.stderr[-3000:]
     assert torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["global_step"] == 44
