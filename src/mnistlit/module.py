@@ -16,7 +16,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlit.data import standardize, unit_range
-from mnistlit.errors import MnistlitError
+from mnistlit.errors import MnistlitError, one_line
 from mnistlit.images import preprocess_image
 from mnistlit.nets import Net
 from mnistlit.resume import last_checkpoint_of
@@ -89,10 +89,8 @@ class LitClassifier(L.LightningModule):
         """Every metric a callback monitors must be one this module logs (else it fails after an epoch)."""
         for callback in callbacks:
             monitor = getattr(callback, "monitor", None)
-            if isinstance(callback, EarlyStopping | ModelCheckpoint) and monitor not in (
-                None,
-                *self.logged_metrics,
-            ):
+            known = (None, *self.logged_metrics)
+            if isinstance(callback, EarlyStopping | ModelCheckpoint) and monitor not in known:
                 kind = "early stopping" if isinstance(callback, EarlyStopping) else "checkpoint"
                 raise MnistlitError(
                     f"{kind} monitors {monitor!r}, which the model never logs; "
@@ -202,7 +200,6 @@ class LitClassifier(L.LightningModule):
                     "or the scheduler's total_steps"
                 )
             build = functools.partial(build, total_steps=max(1, length))
-        self.lr_scheduler = build
         name = "the scheduler"
         rehearsal = self.optimizer([torch.zeros(1, requires_grad=True)])
         step = 0
@@ -217,7 +214,7 @@ class LitClassifier(L.LightningModule):
             return build(optimizer)
         except (ValueError, TypeError, ArithmeticError) as e:
             at = f" at step {step} of {length}" if step else ""
-            raise MnistlitError(f"model.lr_scheduler: {name} fails{at}: {' '.join(str(e).split())}") from e
+            raise MnistlitError(f"model.lr_scheduler: {name} fails{at}: {one_line(e)}") from e
 
     def _scheduler_steps(self) -> int | None:
         """How often this run steps the scheduler (per epoch or per optimizer step); None if unbounded.
