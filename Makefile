@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench bench-serve speedrun strong serve clean
+.PHONY: install fit test lint tensorboard bench bench-serve bench-export speedrun strong serve export clean
 
 install: $(VENV)/.installed
 
@@ -20,11 +20,14 @@ test: install lint
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 serve: install
 	$(PY) -m mnistlit serve --config $(CONFIG) --ckpt_path best
+
+export: install
+	$(PY) -m mnistlit export --config $(CONFIG) --ckpt_path best
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir lightning_logs
@@ -37,6 +40,9 @@ bench: install
 
 bench-serve: install
 	$(PY) benchmarks/serve.py $(BENCH_ARGS)
+
+bench-export: install
+	$(PY) benchmarks/export.py $(BENCH_ARGS)
 
 speedrun: install
 	$(PY) benchmarks/seeds.py --config configs/speedrun.yaml --seeds 0 1 2 3 4

@@ -1,10 +1,14 @@
-"""Test-only callbacks, added to a real CLI run with ``--trainer.callbacks+ tests.probes.NAME``."""
+"""Test-only callbacks, added to a real CLI run with ``--trainer.callbacks+ tests.probes.NAME``, and
+test-only networks (``--model.net tests.probes.NAME``)."""
 
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+
+from mnistlit.nets import Net
 
 
 class SlowValidation(L.Callback):
@@ -33,3 +37,20 @@ class SlowTest(L.Callback):
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         Path("testing").write_text(str(batch_idx))
         time.sleep(0.2)
+
+
+class KthValueNet(Net):
+    """The seed Net with its logits centred on their 5th smallest value: trains and runs in PyTorch,
+    but ONNX has no function for ``aten.kthvalue``."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(images)
+        return logits - logits.kthvalue(5, dim=1, keepdim=True).values
+
+
+class AlwaysDropoutNet(Net):
+    """A common mistake: dropout called with ``training=True``, so it stays on in eval mode and
+    every run of the network, exported or not, gives other answers."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.dropout(super().forward(images), 0.5, training=True)

@@ -38,7 +38,7 @@ class MnistArgumentParser(LightningArgumentParser):
 
 
 class MnistCLI(LightningCLI):
-    # Subcommands that train or evaluate get a run folder; the others (describe, serve) write nothing.
+    # Subcommands that train or evaluate get a run folder; describe, serve and export do not.
     runs_a_model = ("fit", "validate", "test", "predict")
     checkpoint: dict | None = None  # the --ckpt_path file, loaded once (weights_only) when parsed
     new_run: Path | None = None  # the version_N folder this process created, if any
@@ -49,6 +49,7 @@ class MnistCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "describe": {"model", "datamodule"},
             "serve": {"model", "datamodule"},
+            "export": {"model", "datamodule"},
         }
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
@@ -193,7 +194,7 @@ class MnistCLI(LightningCLI):
                 "drop the DDP settings (--trainer.strategy, --trainer.devices)"
             )
 
-    before_fit = before_validate = before_test = before_predict = _before_run
+    before_fit = before_validate = before_test = before_predict = before_export = _before_run
 
     def after_fit(self) -> None:
         """The history as a table (the seed's ``dfhistory``), where it was saved, and what to run next."""

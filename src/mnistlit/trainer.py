@@ -4,6 +4,9 @@ LightningCLI runs ``mnistlit NAME`` as ``trainer.NAME(model=..., datamodule=...,
 a new subcommand is a method here, its name in ``MnistCLI.subcommands()``, and its own module.
 """
 
+from pathlib import Path
+from typing import Literal
+
 import lightning as L
 
 from mnistlit import checkpoints
@@ -51,3 +54,42 @@ class MnistTrainer(L.Trainer):
             model, datamodule.class_names, summary(ckpt_path, checkpoint, model, datamodule), max_image_pixels
         )
         serve.run(serve.create_app(classifier, max_upload_bytes), host, port)
+
+    def export(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        ckpt_path: str = "best",
+        format: Literal["both", "onnx", "pt2"] = "both",
+        output: str | None = None,
+    ) -> None:
+        """Write the network as ONNX (model.onnx) and torch.export (model.pt2), checked on the test set.
+
+        Both take uint8 digits (batch, 28, 28) and return probabilities; each is loaded back and
+        compared with the checkpoint on every test image before it gets its final name. ONNX
+        needs the ``export`` extra (onnx, onnxscript, onnxruntime).
+
+        Args:
+            ckpt_path: ``best``, ``last`` (of the newest run) or a checkpoint file.
+            format: ``onnx``, ``pt2`` or ``both``.
+            output: the folder to write into; by default ``export/`` in the checkpoint's run folder.
+        """
+        from mnistlit import export
+
+        checkpoint = checkpoints.load(ckpt_path)
+        model.load_state_dict(checkpoint["state_dict"])
+        about = summary(ckpt_path, checkpoint, model, datamodule)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        written, report = export.export(
+            model.net.cpu().float(),
+            ["onnx", "pt2"] if format == "both" else [format],
+            Path(output) if output else export.default_folder(ckpt_path),
+            export.metadata(about, datamodule.class_names, ckpt_path),
+            datamodule.test_set.images.cpu(),
+            datamodule.test_set.labels.cpu(),
+        )
+        print(f"exported {ckpt_path} ({about['net']}):")
+        for path in written:
+            print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        print(report)

@@ -1,0 +1,35 @@
+"""Classify images of handwritten digits with an exported model.onnx, without PyTorch.
+
+    pip install onnxruntime numpy pillow
+    pip install --no-deps .          # mnistlit itself, for its numpy-only preprocessing
+    python examples/classify_onnx.py lightning_logs/version_0/export/model.onnx my_digits/*.png
+
+Prints one line per image: file, label, probability (tab-separated).
+"""
+
+import json
+import sys
+
+import numpy as np
+import onnxruntime
+from PIL import Image
+
+from mnistlit.preprocess import mnist_digit  # the same MNIST-style preprocessing as `mnistlit predict`
+
+
+def main(model_file: str, image_files: list[str]) -> None:
+    session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+    classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
+    digits = []
+    for file in image_files:
+        with Image.open(file) as image:
+            digits.append(mnist_digit(image))
+    (probabilities,) = session.run(None, {"digits": np.stack(digits)})
+    for file, p in zip(image_files, probabilities, strict=True):
+        print(f"{file}\t{classes[p.argmax()]}\t{p.max():.4f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit("usage: python examples/classify_onnx.py MODEL.onnx IMAGE [IMAGE ...]")
+    main(sys.argv[1], sys.argv[2:])

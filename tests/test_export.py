@@ -1,0 +1,181 @@
+"""mnistlit export: both formats from a trained checkpoint, checked against it, usable without PyTorch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+
+from mnistlit import export
+from mnistlit.errors import MnistlitError
+from mnistlit.module import LitClassifier
+
+from .conftest import CLI_ENV, CONFIGS, ROOT, assert_one_clear_line, draw_digits, run_cli
+from .probes import AlwaysDropoutNet
+from .test_lossless import WITH_A_FULL_DISK
+
+EXPORT = ("export", *CONFIGS, "--ckpt_path", "best")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder with one trained run (version_0) and its default export."""
+    from .conftest import tiny_config, write_synthetic_mnist
+
+    workdir = tmp_path_factory.mktemp("export")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
+    fitted = run_cli(workdir, "fit", *CONFIGS)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    exported = run_cli(workdir, *EXPORT)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    (workdir / "export.out").write_text(exported.stdout)
+    return workdir
+
+
+def best_of(workdir: Path) -> Path:
+    (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best*.ckpt")
+    return best
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_both_formats_go_into_the_run_folder_checked_on_the_test_set(trained: Path) -> None:
+    folder = trained / "lightning_logs" / "version_0" / "export"
+    assert files_in(folder) == ["model.onnx", "model.pt2"]
+    assert files_in(trained / "lightning_logs") == ["version_0"], "export starts no run"
+    report = (trained / "export.out").read_text()
+    lines = {line.split()[0]: line.split() for line in report.splitlines() if line.startswith("  ")}
+    for format in ("onnx", "pt2"):
+        _, same, difference, accuracy = lines[format]
+        assert same == "200/200" and float(difference) <= 1e-5, report
+    assert lines["onnx"][3] == lines["pt2"][3], "same digits, same accuracy"
+
+
+def test_the_files_describe_themselves(trained: Path) -> None:
+    folder = trained / "lightning_logs" / "version_0" / "export"
+    onnx_model = onnx.load(folder / "model.onnx")
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx_model.graph.initializer)
+    from_onnx = {p.key: p.value for p in onnx_model.metadata_props}
+    extra = {"mnistlit.json": ""}
+    torch.export.load(folder / "model.pt2", extra_files=extra)
+    from_pt2 = json.loads(extra["mnistlit.json"])
+    assert from_onnx == from_pt2
+    assert json.loads(from_onnx["classes"]) == [str(d) for d in range(10)]
+    assert from_onnx["dataset"] == "mnist" and from_onnx["network"] == "mnistlit.nets.Net"
+    assert from_onnx["checkpoint_sha256"] == export.sha256(best_of(trained))
+    assert 0 < float(from_onnx["val_acc"]) <= 1
+    assert from_onnx["torch_version"] == torch.__version__ and from_onnx["mnistlit_version"]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_any_batch_size_gives_the_checkpoints_answers(trained: Path, batch: int) -> None:
+    folder = trained / "lightning_logs" / "version_0" / "export"
+    digits, _ = draw_digits(batch, seed=batch)
+    reference = export.DigitProbabilities(LitClassifier.load_from_checkpoint(best_of(trained)).net).eval()
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(digits)).numpy()
+    session = onnxruntime.InferenceSession(folder / "model.onnx", providers=["CPUExecutionProvider"])
+    (from_onnx,) = session.run(None, {"digits": digits})
+    from_pt2 = torch.export.load(folder / "model.pt2").module()(torch.from_numpy(digits)).detach().numpy()
+    for answer in (from_onnx, from_pt2):
+        assert answer.shape == (batch, 10)
+        assert np.array_equal(answer.argmax(1), expected.argmax(1))
+        assert np.abs(answer - expected).max() <= 1e-5
+
+
+def test_format_and_output_choose_what_is_written_and_where(trained: Path) -> None:
+    result = run_cli(trained, *EXPORT, "--format", "onnx", "--output", "shipped")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert files_in(trained / "shipped") == ["model.onnx"]
+    assert "pt2" not in result.stdout
+
+
+# Puts None in sys.modules["torch"], so that any import of torch fails, then runs the script.
+WITHOUT_TORCH = """
+import runpy, sys
+sys.modules["torch"] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+assert sys.modules["torch"] is None, "nothing imported torch"
+"""
+
+
+def test_the_example_classifies_files_without_pytorch(trained: Path, tmp_path: Path) -> None:
+    digits, _ = draw_digits(6, seed=7)
+    files = []
+    for i, digit in enumerate(digits):  # as a scan would be: dark ink on light paper, larger
+        files.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(255 - digit).resize((112, 112)).save(files[-1])
+    model = LitClassifier.load_from_checkpoint(best_of(trained))
+    onnx_file = trained / "lightning_logs" / "version_0" / "export" / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, str(ROOT / "examples" / "classify_onnx.py"), str(onnx_file),
+         *map(str, files)],
+        capture_output=True, text=True, timeout=60, env={**CLI_ENV, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[0] for row in rows] == [str(f) for f in files]
+    for (_, label, probability), file in zip(rows, files, strict=True):
+        with Image.open(file) as image:
+            digit, expected = model.classify(image)
+        assert label == str(digit) and float(probability) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (("--ckpt_path", "missing.ckpt"), "--ckpt_path missing.ckpt: no such file"),
+        (("--format", "gif"), "format"),
+        (("--output", "export.out/folder"), "Not a directory"),
+    ],
+    ids=["missing-checkpoint", "unknown-format", "output-not-a-folder"],
+)
+def test_bad_input_is_one_line_and_writes_nothing(trained: Path, args, phrase) -> None:
+    before = files_in(trained)
+    result = run_cli(trained, *EXPORT, *args)
+    assert_one_clear_line(result, phrase)
+    assert files_in(trained) == before
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(trained: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITH_A_FULL_DISK, *EXPORT, "--output", "full"],
+        cwd=trained, capture_output=True, text=True, timeout=300, env=CLI_ENV,
+    )  # fmt: skip
+    assert_one_clear_line(result, "could not write", "model.onnx: File too large", "nothing was exported")
+    assert files_in(trained / "full") == []
+
+
+def test_a_network_onnx_cannot_express_is_named_with_its_operator(trained: Path) -> None:
+    workdir = trained / "unexportable"
+    workdir.mkdir()
+    (workdir / "tiny.yaml").write_text((trained / "tiny.yaml").read_text())
+    (workdir / "data").symlink_to(trained / "data")
+    args = ("--model.net", "tests.probes.KthValueNet")
+    fitted = run_cli(workdir, "fit", *CONFIGS, *args, "--trainer.limit_train_batches", "3")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    result = run_cli(workdir, *EXPORT)
+    assert_one_clear_line(result, "cannot export the network to ONNX", "operator aten.kthvalue")
+    assert files_in(workdir / "lightning_logs" / "version_0" / "export") == []
+    pt2_only = run_cli(workdir, *EXPORT, "--format", "pt2")
+    assert pt2_only.returncode == 0, pt2_only.stderr[-3000:]
+
+
+def test_files_that_answer_differently_from_the_checkpoint_are_not_kept(tmp_path: Path) -> None:
+    digits, labels = draw_digits(100, seed=3)
+    torch.manual_seed(0)
+    with pytest.raises(MnistlitError, match="does not match the checkpoint: .* of 100 test digits differ"):
+        export.export(
+            AlwaysDropoutNet(), ["onnx", "pt2"], tmp_path / "out", {},
+            torch.from_numpy(digits), torch.from_numpy(labels).long(),
+        )  # fmt: skip
+    assert files_in(tmp_path / "out") == []
