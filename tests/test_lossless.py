@@ -204,6 +204,13 @@ def test_bad_training_values_stop_before_training_with_one_line(workdir: Path, a
     assert runs(workdir) == [], "a run that failed before producing anything leaves no folder (case 13)"
 
 
+def test_a_run_shorter_than_an_epoch_ends_cleanly_with_its_last_checkpoint(workdir: Path) -> None:
+    # Found while testing export: early stopping checked at the epoch's end found no val_acc there.
+    result = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_steps", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert step_of(last_ckpt(workdir, 0)) == 3
+
+
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
 def test_true_precisions_get_batches_in_the_networks_dtype(workdir: Path, precision: str) -> None:
     result = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1", "--trainer.precision", precision)

@@ -72,7 +72,14 @@ class MnistCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
-            {"early_stopping.monitor": "val_acc", "early_stopping.mode": "max", "early_stopping.patience": 3}
+            {
+                "early_stopping.monitor": "val_acc",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 3,
+                # After each validation, not at each epoch's end: a run that stops within its first
+                # epoch (--trainer.max_steps) has no val_acc there, and Lightning raises on that.
+                "early_stopping.check_on_train_epoch_end": False,
+            }
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
