@@ -1,0 +1,176 @@
+"""make robustness: checkpoints scored on the MNIST test set and on corrupted copies of it.
+
+Each corruption of benchmarks/corruptions.py is applied to the first --images test digits
+with fixed seeds, and every corrupted image goes through the path ``mnistlit predict`` takes
+for a user's file (mnist_digit: grey levels, polarity, crop, scale to 20 pixels, centre of
+mass); an image predict would reject as blank counts as wrong. Writes a table to the terminal,
+robustness.csv and robustness.png (examples as the network sees them, and the accuracies).
+
+Default checkpoints: the best of the newest run of each recipe (configs/base.yaml,
+speedrun.yaml, strong.yaml, handwriting.yaml) under lightning_logs/, a run counting as a
+recipe's when its network, augmentation, epochs and dataset are the recipe's.
+"""
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from corruptions import CORRUPTIONS, MNIST_C, USERS, corrupt
+from PIL import Image
+
+from mnistlit.data import standardize, unit_range
+from mnistlit.datasets import read_idx
+from mnistlit.module import LitClassifier
+from mnistlit.preprocess import mnist_digit
+from mnistlit.runs import best_in, version_of
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("base", "speedrun", "strong", "handwriting")
+CLEAN, AS_STORED = "clean", "clean, as stored"
+
+
+def _signature(config: dict) -> tuple:
+    """What makes a run one of a recipe: network, augmentation, epochs, dataset."""
+    model, data, trainer = config.get("model") or {}, config.get("data") or {}, config.get("trainer") or {}
+    net = (model.get("net") or {}).get("class_path", "mnistlit.nets.Net")
+    augment = (data.get("augment") or {}).get("class_path")
+    dataset = data.get("dataset", "mnist")
+    dataset = dataset if isinstance(dataset, str) else dataset.get("name")
+    return net, augment, trainer.get("max_epochs"), dataset
+
+
+def recipe_checkpoints(runs: Path) -> dict[str, Path]:
+    """recipe name -> the best checkpoint of its newest run that has one."""
+    found = {}
+    folders = sorted(runs.glob("version_*"), key=version_of, reverse=True)
+    for recipe in RECIPES:
+        config = ROOT / "configs" / f"{recipe}.yaml"
+        if not config.is_file():
+            continue
+        wanted = _signature(yaml.safe_load(config.read_text()))
+        for run in folders:
+            saved = run / "config.yaml"
+            best = best_in(run / "checkpoints") if (run / "checkpoints").is_dir() else None
+            if best and saved.is_file() and _signature(yaml.safe_load(saved.read_text())) == wanted:
+                found[recipe] = best
+                break
+    return found
+
+
+def as_predict_sees_it(image) -> np.ndarray:
+    """A corrupted image (array or PIL) through predict's preprocessing; blank images stay blank."""
+    try:
+        return mnist_digit(image if isinstance(image, Image.Image) else Image.fromarray(image))
+    except ValueError:  # predict skips it; here it counts as a wrong answer
+        return np.zeros((28, 28), dtype=np.uint8)
+
+
+def test_sets(digits: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """name -> uint8 (N, 28, 28) images as the network receives them."""
+    sets = {AS_STORED: digits, CLEAN: np.stack([as_predict_sees_it(d) for d in digits])}
+    for name in CORRUPTIONS:
+        print(f"corrupting: {name}", file=sys.stderr, flush=True)
+        sets[name] = np.stack([as_predict_sees_it(image) for image in corrupt(name, digits, seed)])
+    return sets
+
+
+@torch.inference_mode()
+def accuracy(model: LitClassifier, images: np.ndarray, labels: np.ndarray) -> float:
+    predictions = [
+        model(standardize(unit_range(torch.from_numpy(batch)))).argmax(1).numpy()
+        for batch in np.array_split(images, max(1, len(images) // 500))
+    ]
+    return float((np.concatenate(predictions) == labels).mean())
+
+
+def with_means(scores: dict[str, float]) -> dict[str, float]:
+    mnist_c = statistics.mean(scores[f.__name__] for f in MNIST_C)
+    users = statistics.mean(scores[f.__name__] for f in USERS)
+    return {**scores, "mean, MNIST-C": mnist_c, "mean, users' shifts": users,
+            "mean, all corruptions": statistics.mean(scores[name] for name in CORRUPTIONS)}  # fmt: skip
+
+
+def picture(sets: dict[str, np.ndarray], table: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [CLEAN, *CORRUPTIONS]
+    examples = 6
+    figure = plt.figure(figsize=(13, 0.55 * len(rows) + 1.2))
+    grid = figure.add_gridspec(len(rows), examples + 1, width_ratios=[1] * examples + [examples * 1.6])
+    for r, name in enumerate(rows):
+        for c in range(examples):
+            axis = figure.add_subplot(grid[r, c])
+            axis.imshow(sets[name][c], cmap="gray", vmin=0, vmax=255)
+            axis.set_xticks([]), axis.set_yticks([])
+            if c == 0:
+                axis.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    bars = figure.add_subplot(grid[:, examples])
+    height = 0.8 / len(table)
+    for i, (label, scores) in enumerate(table.items()):
+        positions = np.arange(len(rows)) - 0.4 + (i + 0.5) * height  # beside the row's examples
+        bars.barh(positions, [scores[name] for name in rows], height=height, label=label)
+    bars.set_ylim(len(rows) - 0.5, -0.5)
+    bars.set_yticks([])
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("accuracy")
+    bars.grid(axis="x", alpha=0.3)
+    bars.legend(loc="lower left", fontsize=8)
+    figure.subplots_adjust(left=0.1, right=0.98, top=0.96, bottom=0.05, hspace=0.08, wspace=0.05)
+    figure.suptitle("Test digits as the network receives them (after predict's preprocessing), and accuracy")
+    figure.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_path", nargs="+", help="checkpoints (default: each recipe's newest best)")
+    parser.add_argument("--data_dir", default=str(ROOT / "data" / "mnist"), help="the MNIST IDX files")
+    parser.add_argument("--images", type=int, default=10_000, help="the first N test images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
+    parser.add_argument("--output", default="robustness", help="folder for robustness.csv and .png")
+    args = parser.parse_args()
+
+    if args.ckpt_path:
+        checkpoints = {Path(p).parent.parent.name + "/" + Path(p).name: Path(p) for p in args.ckpt_path}
+    else:
+        checkpoints = recipe_checkpoints(ROOT / "lightning_logs")
+    if not checkpoints:
+        sys.exit("robustness: no checkpoints: train a recipe first, or give --ckpt_path")
+    folder = Path(args.data_dir)
+    digits = read_idx(folder / "t10k-images-idx3-ubyte")[: args.images].numpy()
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte")[: args.images].numpy()
+    sets = test_sets(digits, args.seed)
+
+    table = {}
+    for label, path in checkpoints.items():
+        print(f"scoring: {label} ({path})", file=sys.stderr, flush=True)
+        model = LitClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+        table[label] = with_means({name: accuracy(model, images, labels) for name, images in sets.items()})
+
+    rows = list(next(iter(table.values())))
+    print(f"{len(digits):,} MNIST test images, corruption seed {args.seed}\n")
+    print("| corruption | " + " | ".join(table) + " |")
+    print("|---|" + "---:|" * len(table))
+    for name in rows:
+        print(f"| {name} | " + " | ".join(f"{scores[name]:.4f}" for scores in table.values()) + " |")
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "robustness.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["corruption", *table])
+        writer.writerows([name, *(f"{scores[name]:.4f}" for scores in table.values())] for name in rows)
+    picture(sets, table, output / "robustness.png")
+    print(f"\nwritten: {output / 'robustness.csv'}, {output / 'robustness.png'}")
+
+
+if __name__ == "__main__":
+    main()
