@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench bench-serve bench-export speedrun strong serve export clean
+.PHONY: install fit test lint tensorboard bench bench-serve bench-export robustness speedrun strong serve export clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,9 @@ bench-serve: install
 
 bench-export: install
 	$(PY) benchmarks/export.py $(BENCH_ARGS)
+
+robustness: install
+	$(PY) benchmarks/robustness.py $(BENCH_ARGS)
 
 speedrun: install
 	$(PY) benchmarks/seeds.py --config configs/speedrun.yaml --seeds 0 1 2 3 4

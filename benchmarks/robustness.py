@@ -24,10 +24,11 @@ from corruptions import CORRUPTIONS, MNIST_C, USERS, corrupt
 from PIL import Image
 
 from mnistlit.data import standardize, unit_range
-from mnistlit.datasets import read_idx
+from mnistlit.datasets import dataset_named, read_idx
 from mnistlit.module import LitClassifier
 from mnistlit.preprocess import mnist_digit
 from mnistlit.runs import best_in, version_of
+from mnistlit.sources import ensure_files
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("base", "speedrun", "strong", "handwriting")
@@ -132,7 +133,7 @@ def picture(sets: dict[str, np.ndarray], table: dict[str, dict[str, float]], pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", nargs="+", help="checkpoints (default: each recipe's newest best)")
-    parser.add_argument("--data_dir", default=str(ROOT / "data" / "mnist"), help="the MNIST IDX files")
+    parser.add_argument("--data_dir", default=str(ROOT / "data"), help="holds mnist/ (fetched if missing)")
     parser.add_argument("--images", type=int, default=10_000, help="the first N test images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
     parser.add_argument("--output", default="robustness", help="folder for robustness.csv and .png")
@@ -144,7 +145,9 @@ def main() -> None:
         checkpoints = recipe_checkpoints(ROOT / "lightning_logs")
     if not checkpoints:
         sys.exit("robustness: no checkpoints: train a recipe first, or give --ckpt_path")
-    folder = Path(args.data_dir)
+    folder = Path(args.data_dir) / "mnist"
+    if not (folder / "t10k-images-idx3-ubyte").is_file():
+        ensure_files(dataset_named("mnist"), args.data_dir)
     digits = read_idx(folder / "t10k-images-idx3-ubyte")[: args.images].numpy()
     labels = read_idx(folder / "t10k-labels-idx1-ubyte")[: args.images].numpy()
     sets = test_sets(digits, args.seed)

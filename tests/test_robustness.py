@@ -1,0 +1,109 @@
+"""The robustness benchmark: its corruptions (shape, range, determinism, the digit kept) and a
+quick end-to-end run of benchmarks/robustness.py on tiny data."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from skimage.filters import gaussian
+
+from .conftest import CLI_ENV, ROOT, draw_digits
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from corruptions import CORRUPTIONS, corrupt  # noqa: E402
+from robustness import as_predict_sees_it, recipe_checkpoints  # noqa: E402
+
+DIGITS, LABELS = draw_digits(40, seed=5)
+
+
+def grey(image) -> np.ndarray:
+    """A corruption's output as a (28, 28) grey array, light ink on black."""
+    if isinstance(image, Image.Image):
+        return 255 - np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BOX))
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_a_corruption_is_a_28x28_image_the_same_every_time(name: str) -> None:
+    first, again = corrupt(name, DIGITS, seed=0), corrupt(name, DIGITS, seed=0)
+    assert len(first) == len(DIGITS)
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    seen = np.stack([as_predict_sees_it(image) for image in first])
+    assert seen.shape == (len(DIGITS), 28, 28) and seen.dtype == np.uint8
+    raw = np.stack([grey(image) for image in first])
+    assert raw.dtype == np.uint8 and raw.shape == (len(DIGITS), 28, 28)
+    assert not np.array_equal(raw, DIGITS), "the corruption changes the digits"
+    assert np.array_equal(np.asarray(corrupt(name, DIGITS[:5], seed=0)[4]), np.asarray(first[4])), (
+        "the first N images get the same corruption whatever N is"
+    )
+
+
+def _closer_to_own_digit(corrupted: np.ndarray, clean: np.ndarray) -> float:
+    """The share of corrupted digits more like their own clean digit than like other labels' (blurred
+    correlation: a corrupted image keeps its label when it still looks like its digit)."""
+
+    def unit(images):
+        flat = np.stack([gaussian(x.astype(float), sigma=1) for x in images]).reshape(len(images), -1)
+        flat -= flat.mean(1, keepdims=True)
+        return flat / np.maximum(1e-9, np.linalg.norm(flat, axis=1, keepdims=True))
+
+    similarity = unit(corrupted) @ unit(clean).T
+    other = [similarity[i, LABELS[i] != LABELS].mean() for i in range(len(LABELS))]
+    return float(np.mean(np.diag(similarity) > other))
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_a_corrupted_digit_still_looks_like_its_own_digit(name: str) -> None:
+    corrupted = corrupt(name, DIGITS, seed=0)
+    # Some corruptions keep the digit's pixels (noise, blur), others only what predict makes of
+    # them (a shift, inverted ink, a photo, edges): either view must keep the digit.
+    as_made = _closer_to_own_digit(np.stack([grey(image) for image in corrupted]), DIGITS)
+    as_seen = _closer_to_own_digit(
+        np.stack([as_predict_sees_it(image) for image in corrupted]),
+        np.stack([as_predict_sees_it(digit) for digit in DIGITS]),
+    )
+    assert max(as_made, as_seen) >= 0.8, (as_made, as_seen)
+
+
+def test_the_newest_run_of_each_recipe_is_found(tmp_path: Path) -> None:
+    def run(version: int, config: dict, best: bool = True) -> None:
+        folder = tmp_path / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder.parent / "config.yaml").write_text(yaml.safe_dump(config))
+        if best:
+            (folder / f"best-{version}.ckpt").write_bytes(b"")
+
+    strong = yaml.safe_load((ROOT / "configs" / "strong.yaml").read_text())
+    base = {"trainer": {"max_epochs": 15}, "model": {"net": {"class_path": "mnistlit.nets.Net"}}}
+    run(0, base)
+    run(1, strong)
+    run(2, {**strong, "trainer": {"max_epochs": 1}})  # a shortened run is not the recipe
+    run(3, base, best=False)  # no best checkpoint yet
+    found = recipe_checkpoints(tmp_path)
+    assert found["base"] == tmp_path / "version_0" / "checkpoints" / "best-0.ckpt"
+    assert found["strong"] == tmp_path / "version_1" / "checkpoints" / "best-1.ckpt"
+    assert "speedrun" not in found
+
+
+def test_the_benchmark_runs_end_to_end_on_tiny_data(reference_run: Path, tmp_path: Path) -> None:
+    (best,) = (reference_run / "checkpoints").glob("best*.ckpt")
+    data = reference_run.parent.parent / "data"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--ckpt_path", str(best),
+         "--data_dir", str(data), "--images", "20", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=CLI_ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "robustness.csv") as f:
+        rows = {row[0]: row[1:] for row in csv.reader(f)}
+    assert {*CORRUPTIONS, "clean", "clean, as stored", "mean, all corruptions"} <= set(rows)
+    assert all(0 <= float(value) <= 1 for name, (value,) in rows.items() if name != "corruption")
+    assert "| clean, as stored |" in result.stdout
+    with Image.open(tmp_path / "robustness.png") as picture:
+        assert picture.width > 500 and picture.height > 500
