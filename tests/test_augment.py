@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mnistlit.augment import RandomAffine
+from mnistlit.augment import HandwritingShifts, RandomAffine
 from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from mnistlit.datasets import IDXDataset
 
@@ -41,6 +41,50 @@ def test_a_shift_moves_the_ink_and_fills_the_border_with_background() -> None:
     rows = torch.arange(28.0).view(1, 28, 1)
     centre = (shifted[:, 0] * rows).sum(dim=(1, 2)) / shifted[:, 0].sum(dim=(1, 2))
     assert centre.std() > 1.0
+
+
+NO_EXTRAS = {"shear": 0, "elastic": 0, "stroke": 0, "low_resolution": 0, "blur": 0, "noise": 0}
+
+
+def test_handwriting_shifts_without_their_extras_are_random_affine() -> None:
+    images = digits()
+    torch.manual_seed(0)
+    affine = RandomAffine(degrees=15, translate=0.1, scale=(0.75, 1.15))(images)
+    torch.manual_seed(0)
+    assert torch.equal(HandwritingShifts(**NO_EXTRAS)(images), affine)
+
+
+def test_handwriting_shifts_repeat_with_the_global_rng_and_stay_in_range() -> None:
+    images = digits()
+    torch.manual_seed(0)
+    first = HandwritingShifts()(images)
+    state = torch.get_rng_state()
+    later = HandwritingShifts()(images)
+    torch.manual_seed(0)
+    assert torch.equal(HandwritingShifts()(images), first)
+    torch.set_rng_state(state)  # what an exact resume restores
+    assert torch.equal(HandwritingShifts()(images), later)
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 1
+    assert not torch.equal(first, later)
+
+
+def test_each_handwriting_shift_changes_the_ink_its_own_way() -> None:
+    images = digits()
+    ink = images.sum(dim=(1, 2, 3))
+
+    def only(**change) -> torch.Tensor:
+        torch.manual_seed(0)
+        return HandwritingShifts(degrees=0, translate=0, scale=(1, 1), **{**NO_EXTRAS, **change})(images)
+
+    thicker_or_thinner = only(stroke=1.0).sum(dim=(1, 2, 3)) / ink
+    assert (thicker_or_thinner > 1.2).any() and (thicker_or_thinner < 0.9).any()
+    assert ((thicker_or_thinner > 1.2) | (thicker_or_thinner < 0.9)).all(), "every image changed"
+    coarse = only(low_resolution=1.0)
+    assert (coarse - images).abs().amax() > 0.2 and torch.allclose(coarse.sum(dim=(1, 2, 3)), ink, rtol=0.2)
+    noisy = only(noise=0.1)
+    assert ((noisy - images).abs().flatten(1).amax(dim=1) > 0).float().mean() > 0.9
+    bent = only(elastic=1.0, shear=0.3)
+    assert (bent - images).abs().flatten(1).amax(dim=1).min() > 0.1
 
 
 def test_the_datamodule_augments_training_batches_only_and_keeps_labels(tiny_data) -> None:

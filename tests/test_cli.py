@@ -157,8 +157,11 @@ def test_no_data_and_no_source_is_one_clear_line(workdir: Path) -> None:
     assert "files in the data folder" in result.stderr and "download mirrors" in result.stderr
 
 
-@pytest.mark.parametrize(("config", "net"), [("speedrun.yaml", "SpeedrunNet"), ("strong.yaml", "StrongNet")])
-def test_the_speedrun_and_strong_configs_train_end_to_end(workdir: Path, config: str, net: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "net"),
+    [("speedrun.yaml", "SpeedrunNet"), ("strong.yaml", "StrongNet"), ("handwriting.yaml", "StrongNet")],
+)
+def test_the_one_cycle_recipes_train_end_to_end(workdir: Path, config: str, net: str) -> None:
     # Their one-cycle schedules follow the run by themselves: 2 epochs of ceil(1400 / 32) steps.
     result = run_cli(workdir, "fit", "--config", str(BASE_CONFIG.with_name(config)), "--config", "tiny.yaml")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -39,3 +39,92 @@ class RandomAffine:
         )
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class HandwritingShifts(RandomAffine):
+    """RandomAffine plus what other people's pens, hands, scanners and cameras change: shear and
+    a smooth elastic wobble (in the same ``grid_sample``), thicker or thinner strokes, lost
+    resolution, blur and sensor noise. For configs/handwriting.yaml.
+
+    Every change is drawn per image from the global torch RNG in a fixed order and amount, on
+    the batch's device, so seeded runs repeat and an exact resume stays exact.
+
+    Args:
+        degrees, translate, scale: as RandomAffine.
+        shear: horizontal shear factor drawn from [-shear, shear].
+        elastic: typical displacement of the smooth random field, in pixels.
+        stroke: share of images whose strokes get thicker (a 3x3 dilation) or thinner (half of a
+            3x3 erosion mixed in), half and half.
+        low_resolution: share of images shrunk to a side in [12, 18] pixels and scaled back.
+        blur: share of images blurred (a 5x5 Gaussian, sigma 1, mixed in at a random strength).
+        noise: Gaussian noise of a standard deviation drawn from [0, noise] on every image.
+    """
+
+    def __init__(
+        self,
+        degrees: float = 15.0,
+        translate: float = 0.1,
+        scale: tuple[float, float] = (0.75, 1.15),
+        shear: float = 0.3,
+        elastic: float = 0.8,
+        stroke: float = 0.4,
+        low_resolution: float = 0.2,
+        blur: float = 0.3,
+        noise: float = 0.1,
+    ) -> None:
+        super().__init__(degrees, translate, scale)
+        self.shear, self.elastic, self.stroke = shear, elastic, stroke
+        self.low_resolution, self.blur, self.noise = low_resolution, blur, noise
+
+    def __call__(self, images: Tensor) -> Tensor:
+        def per_image() -> Tensor:  # one uniform draw in [0, 1) per image
+            return torch.rand(images.shape[0], 1, 1, 1, device=images.device)
+
+        images = F.grid_sample(images, self._grid(images), mode="bilinear", align_corners=False)
+
+        which = per_image()
+        thicker = F.max_pool2d(images, 3, stride=1, padding=1)
+        thinner = (images - F.max_pool2d(-images, 3, stride=1, padding=1)) / 2  # half an erosion
+        stroke = torch.where(which < self.stroke / 2, thicker, thinner)
+        images = torch.where(which < self.stroke, stroke, images)
+
+        side = int(torch.randint(12, 19, (1,), device=images.device))
+        small = F.interpolate(images, size=(side, side), mode="area")
+        coarse = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        images = torch.where(per_image() < self.low_resolution, coarse, images)
+
+        strength = per_image() * (per_image() < self.blur)
+        blurred = F.conv2d(images, _gaussian_kernel(images.device, images.dtype), padding=2)
+        images = images + strength * (blurred - images)
+
+        noise = per_image() * self.noise * torch.randn_like(images)
+        return (images + noise).clamp_(0, 1)
+
+    def _grid(self, images: Tensor) -> Tensor:
+        """Rotation, zoom, shear and shift as one affine map, plus a smooth random displacement."""
+        count, device = images.shape[0], images.device
+        angle = (torch.rand(count, device=device) * 2 - 1) * math.radians(self.degrees)
+        zoom = torch.empty(count, device=device).uniform_(*self.scale)
+        shift = (torch.rand(count, 2, device=device) * 2 - 1) * (2 * self.translate)
+        shear = (torch.rand(count, device=device) * 2 - 1) * self.shear
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        # [[cos, sin], [-sin, cos]] @ [[1, shear], [0, 1]]: the rotation of RandomAffine, sheared.
+        theta = torch.stack(
+            [
+                torch.stack([cos, cos * shear + sin, shift[:, 0]], dim=1),
+                torch.stack([-sin, -sin * shear + cos, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        # A coarse 4x4 field of displacements, smoothly upsampled: strokes bend, the digit stays.
+        coarse = torch.randn(count, 2, 4, 4, device=device) * (2 * self.elastic / images.shape[-1])
+        field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=False)
+        return grid + field.permute(0, 2, 3, 1)
+
+
+def _gaussian_kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
+    steps = torch.arange(-2, 3, device=device, dtype=dtype)
+    line = torch.exp(-(steps**2) / 2)
+    kernel = line[:, None] * line[None, :]
+    return (kernel / kernel.sum()).view(1, 1, 5, 5)
