@@ -43,7 +43,8 @@ def test_a_shift_moves_the_ink_and_fills_the_border_with_background() -> None:
     assert centre.std() > 1.0
 
 
-NO_EXTRAS = {"shear": 0, "elastic": 0, "stroke": 0, "low_resolution": 0, "blur": 0, "noise": 0}
+EXTRAS = ("shear", "elastic", "stroke", "low_resolution", "blur", "noise", "specks", "lines")
+NO_EXTRAS = dict.fromkeys(EXTRAS, 0)
 
 
 def test_handwriting_shifts_without_their_extras_are_random_affine() -> None:
@@ -83,6 +84,11 @@ def test_each_handwriting_shift_changes_the_ink_its_own_way() -> None:
     assert (coarse - images).abs().amax() > 0.2 and torch.allclose(coarse.sum(dim=(1, 2, 3)), ink, rtol=0.2)
     noisy = only(noise=0.1)
     assert ((noisy - images).abs().flatten(1).amax(dim=1) > 0).float().mean() > 0.9
+    specked = only(specks=1.0)
+    changed = ((specked - images).abs() > 1e-3).flatten(1).float().mean(dim=1)
+    assert changed.max() <= 0.09 and (changed > 0.01).float().mean() > 0.8
+    crossed = only(lines=1.0) - only()  # the same draws before the line
+    assert (crossed >= 0).all() and (crossed.flatten(1).amax(dim=1) > 0.1).all(), "a line adds ink only"
     bent = only(elastic=1.0, shear=0.3)
     assert (bent - images).abs().flatten(1).amax(dim=1).min() > 0.1
 

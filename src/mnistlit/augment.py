@@ -44,7 +44,8 @@ class RandomAffine:
 class HandwritingShifts(RandomAffine):
     """RandomAffine plus what other people's pens, hands, scanners and cameras change: shear and
     a smooth elastic wobble (in the same ``grid_sample``), thicker or thinner strokes, lost
-    resolution, blur and sensor noise. For configs/handwriting.yaml.
+    resolution, blur, sensor noise, specks and lines across the digit (ruled paper, a slip of
+    the pen). For configs/handwriting.yaml.
 
     Every change is drawn per image from the global torch RNG in a fixed order and amount, on
     the batch's device, so seeded runs repeat and an exact resume stays exact.
@@ -58,6 +59,8 @@ class HandwritingShifts(RandomAffine):
         low_resolution: share of images shrunk to a side in [12, 18] pixels and scaled back.
         blur: share of images blurred (a 5x5 Gaussian, sigma 1, mixed in at a random strength).
         noise: Gaussian noise of a standard deviation drawn from [0, noise] on every image.
+        specks: share of images with up to 8% of their pixels set to black or white.
+        lines: share of images crossed by a straight line 1-3 pixels wide, of random angle.
     """
 
     def __init__(
@@ -71,10 +74,13 @@ class HandwritingShifts(RandomAffine):
         low_resolution: float = 0.2,
         blur: float = 0.3,
         noise: float = 0.1,
+        specks: float = 0.15,
+        lines: float = 0.2,
     ) -> None:
         super().__init__(degrees, translate, scale)
         self.shear, self.elastic, self.stroke = shear, elastic, stroke
         self.low_resolution, self.blur, self.noise = low_resolution, blur, noise
+        self.specks, self.lines = specks, lines
 
     def __call__(self, images: Tensor) -> Tensor:
         def per_image() -> Tensor:  # one uniform draw in [0, 1) per image
@@ -98,7 +104,25 @@ class HandwritingShifts(RandomAffine):
         images = images + strength * (blurred - images)
 
         noise = per_image() * self.noise * torch.randn_like(images)
-        return (images + noise).clamp_(0, 1)
+        images = (images + noise).clamp_(0, 1)
+
+        hit = torch.rand_like(images) < per_image() * 0.08 * (per_image() < self.specks)
+        images = torch.where(hit, (torch.rand_like(images) < 0.5).to(images.dtype), images)
+
+        return torch.maximum(images, self._line(images) * (per_image() < self.lines))
+
+    @staticmethod
+    def _line(images: Tensor) -> Tensor:
+        """One straight line per image: random direction, offset from the centre, width and ink."""
+        count, device, side = images.shape[0], images.device, images.shape[-1]
+        direction = torch.rand(count, 1, 1, 1, device=device) * math.pi
+        offset = (torch.rand(count, 1, 1, 1, device=device) * 2 - 1) * (side / 3)
+        width = 1 + 2 * torch.rand(count, 1, 1, 1, device=device)
+        ink = 0.4 + 0.6 * torch.rand(count, 1, 1, 1, device=device)
+        position = torch.arange(side, device=device, dtype=images.dtype) - (side - 1) / 2
+        rows, cols = position.view(1, 1, side, 1), position.view(1, 1, 1, side)
+        distance = (cols * torch.cos(direction) + rows * torch.sin(direction) - offset).abs()
+        return (1 - distance / width).clamp(0, 1) * ink
 
     def _grid(self, images: Tensor) -> Tensor:
         """Rotation, zoom, shear and shift as one affine map, plus a smooth random displacement."""
