@@ -15,9 +15,13 @@ import torch
 from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from mnistlit.augment import HandwritingShifts
 from mnistlit.images import load_digits, preprocess_image
+from mnistlit.pictures import as_augmented
+from mnistlit.plots import digit_grid
+from mnistlit.preprocess import MNIST_CENTRE
 
-from .conftest import CONFIGS, run_cli, tiny_config, write_synthetic_mnist
+from .conftest import CONFIGS, draw_digits, run_cli, tiny_config, write_synthetic_mnist
 
 
 def draw_seven(size=(400, 300), origin=(250, 40), ink=0, paper=255, mode="L") -> Image.Image:
@@ -42,7 +46,7 @@ def assert_mnist_like(digit: torch.Tensor) -> None:
     assert border.float().mean() < 5, "background must be black"
     assert digit.max() > 200, "ink must be light"
     row, col = centre_of_mass(digit)
-    assert abs(row - 13.5) <= 1 and abs(col - 13.5) <= 1
+    assert abs(row - MNIST_CENTRE) <= 0.5 and abs(col - MNIST_CENTRE) <= 0.5
     rows, cols = torch.nonzero(digit > 50, as_tuple=True)
     assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in (19, 20, 21)
 
@@ -215,3 +219,15 @@ def test_python_use_in_three_lines(fitted_and_tested: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     digit, probability = result.stdout.split()
     assert 0 <= int(digit) <= 9 and 0 < float(probability) <= 1
+
+
+def test_the_augmented_training_digits_leave_the_runs_random_draws_alone() -> None:
+    digits = torch.from_numpy(draw_digits(9, seed=3)[0])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = as_augmented(digits, HandwritingShifts())
+    assert torch.equal(torch.get_rng_state(), state), "training draws exactly what it would have drawn"
+    assert torch.equal(as_augmented(digits, HandwritingShifts()), first), "the same picture every run"
+    assert first.shape == (9, 28, 28) and not torch.allclose(first, digits.float() / 255)
+    figure = digit_grid(torch.cat([digits, first]), ["label"] * 9 + ["as trained"] * 9, columns=9)
+    assert len([ax for ax in figure.axes if ax.images]) == 18

@@ -8,14 +8,23 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from mnistlit import plots
-from mnistlit.data import DigitData
+from mnistlit.data import DigitData, unit_range
 from mnistlit.reports import run_folder
+
+
+def as_augmented(digits: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """uint8 digits (N, 28, 28) through a training augmentation, drawn from a forked RNG: the
+    picture is the same for every run and the training's own random draws are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return augment(unit_range(digits))[:, 0]
 
 
 class RunPictures(L.Callback):
     """The pictures a user opens first, in TensorBoard and as PNG files in the run folder.
 
-    At fit start: nine training digits with their labels (the seed's grid) and a TensorBoard
+    At fit start: nine training digits with their labels (the seed's grid; with augmentation,
+    the same nine again as augmented for training) and a TensorBoard
     layout that puts train and validation curves in one chart. At the end of fit and test:
     the hyperparameters with the final metrics (TensorBoard's HParams tab). At the end of
     test: the confusion matrix and the most confident mistakes.
@@ -37,8 +46,15 @@ class RunPictures(L.Callback):
         dataset = data.train_set
         if dataset is not None:
             names = data.class_names
+            images = dataset.images[:9].cpu()
             titles = [f"label = {names[int(label)]}" for label in dataset.labels[:9]]
-            self._publish(trainer, "train_digits", lambda: plots.digit_grid(dataset.images[:9], titles))
+            augment = getattr(data, "augment", None)
+            if augment is None:
+                self._publish(trainer, "train_digits", lambda: plots.digit_grid(images, titles))
+            else:  # the same digits again, as the network sees them in training
+                images = torch.cat([images, as_augmented(images, augment)])
+                titles += ["as trained"] * 9
+                self._publish(trainer, "train_digits", lambda: plots.digit_grid(images, titles, columns=9))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         score = getattr(trainer.checkpoint_callback, "best_model_score", None)
