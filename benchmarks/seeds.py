@@ -2,7 +2,8 @@
 
 Prints a Markdown table: per seed, the training seconds (sum of the epochs' seconds in
 history.csv: training plus validation, no start-up) and the test accuracy of the final
-weights; then the mean and the minimum.
+weights; then the mean and the minimum. With --robustness, also the final weights' mean
+accuracy over the robustness suite (benchmarks/robustness.py) and over its users' shifts.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from run import KEEP_FREED_MEMORY, ROOT, cpu_name
 
 
 def run_seed(configs: list[str], seed: int, data_dir: str, logs: str) -> tuple[float, float]:
+    """Fit and test one seed in ``logs``; its training seconds and test accuracy."""
     layered = [arg for config in configs for arg in ("--config", config)]
     common = [*layered, "--seed_everything", str(seed),
               "--trainer.default_root_dir", logs, "--data.data_dir", data_dir]  # fmt: skip
@@ -42,25 +44,48 @@ def main() -> None:
     parser.add_argument("--config", action="append", help="repeat to layer configs (default: speedrun)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--robustness", action="store_true", help="also score the robustness suite")
     args = parser.parse_args()
     configs = args.config or ["configs/speedrun.yaml"]
+    suite = robustness_suite(args.data_dir) if args.robustness else None
     results = {}
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as logs:
             results[seed] = run_seed(configs, seed, args.data_dir, logs)
-        print(
-            f"seed {seed}: {results[seed][0]:.1f} s, test_acc {results[seed][1]:.4f}",
-            file=sys.stderr,
-            flush=True,
-        )
+            if suite is not None:
+                results[seed] += suite(Path(logs, "lightning_logs", "version_0", "checkpoints", "last.ckpt"))
+        done = ", ".join(f"{value:.4f}" for value in results[seed])
+        print(f"seed {seed}: {done}", file=sys.stderr, flush=True)
+    columns = ["training seconds", "test acc"] + (["suite mean", "users' shifts mean"] if suite else [])
     print(f"\n{' + '.join(configs)}, {cpu_name()}\n")
-    print("| seed | training seconds | test acc |")
-    print("|---:|---:|---:|")
-    for seed, (seconds, accuracy) in results.items():
-        print(f"| {seed} | {seconds:.1f} | {accuracy:.4f} |")
-    seconds, accuracies = zip(*results.values(), strict=True)
-    print(f"| mean | {statistics.mean(seconds):.1f} | {statistics.mean(accuracies):.4f} |")
-    print(f"| worst | {max(seconds):.1f} | {min(accuracies):.4f} |")
+    print("| seed | " + " | ".join(columns) + " |")
+    print("|---:|" + "---:|" * len(columns))
+    for seed, values in results.items():
+        print(f"| {seed} | {values[0]:.1f} | " + " | ".join(f"{v:.4f}" for v in values[1:]) + " |")
+    by_column = list(zip(*results.values(), strict=True))
+    print(f"| mean | {statistics.mean(by_column[0]):.1f} | "
+          + " | ".join(f"{statistics.mean(c):.4f}" for c in by_column[1:]) + " |")  # fmt: skip
+    print(f"| worst | {max(by_column[0]):.1f} | " + " | ".join(f"{min(c):.4f}" for c in by_column[1:]) + " |")
+
+
+def robustness_suite(data_dir: str):
+    """A function scoring a checkpoint on the robustness suite (corrupted once, for every seed)."""
+    from robustness import accuracy, test_sets, with_means
+
+    from mnistlit.datasets import read_idx
+    from mnistlit.module import LitClassifier
+
+    folder = Path(data_dir) / "mnist"
+    digits = read_idx(folder / "t10k-images-idx3-ubyte").numpy()
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte").numpy()
+    sets = test_sets(digits, seed=0)
+
+    def score(checkpoint: Path) -> tuple[float, float]:
+        model = LitClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+        scores = with_means({name: accuracy(model, images, labels) for name, images in sets.items()})
+        return scores["mean, all corruptions"], scores["mean, users' shifts"]
+
+    return score
 
 
 if __name__ == "__main__":
