@@ -123,7 +123,7 @@ def picture(sets: dict[str, np.ndarray], table: dict[str, dict[str, float]], pat
     bars.set_xlim(0, 1)
     bars.set_xlabel("accuracy")
     bars.grid(axis="x", alpha=0.3)
-    bars.legend(loc="lower left", fontsize=8)
+    bars.legend(loc="upper left", bbox_to_anchor=(0, -0.04), ncol=4, fontsize=8, frameon=False)
     figure.subplots_adjust(left=0.1, right=0.98, top=0.96, bottom=0.05, hspace=0.08, wspace=0.05)
     figure.suptitle("Test digits as the network receives them (after predict's preprocessing), and accuracy")
     figure.savefig(path, dpi=80, bbox_inches="tight")
