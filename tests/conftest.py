@@ -7,6 +7,7 @@ user would write for any MNIST-format dataset, so checksum verification stays on
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,12 @@ def run_cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.Compl
     )
 
 
+def _as_in_a_terminal() -> None:
+    # A suite started in the background (`cmd &` in a script) hands SIG_IGN for SIGINT down to
+    # its children, and Python then keeps ignoring Ctrl-C; a user's terminal does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
     """Start ``python -m mnistlit ARGS`` in ``workdir`` without waiting for it."""
     return subprocess.Popen(
@@ -124,6 +131,7 @@ def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=CLI_ENV,
+        preexec_fn=_as_in_a_terminal,
     )
 
 
