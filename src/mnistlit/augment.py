@@ -94,7 +94,8 @@ class HandwritingShifts(RandomAffine):
         stroke = torch.where(which < self.stroke / 2, thicker, thinner)
         images = torch.where(which < self.stroke, stroke, images)
 
-        side = int(torch.randint(12, 19, (1,), device=images.device))
+        # Drawn on the CPU: one int for the batch, without a host-device sync each step on a GPU.
+        side = int(torch.randint(12, 19, (1,)))
         small = F.interpolate(images, size=(side, side), mode="area")
         coarse = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
         images = torch.where(per_image() < self.low_resolution, coarse, images)
