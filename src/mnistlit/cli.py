@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnistlit import checkpoints, runs
+from mnistlit import checkpoints, precision, runs
 from mnistlit.data import MNISTDataModule
 from mnistlit.errors import MnistlitError, one_line
 from mnistlit.module import LitClassifier
@@ -153,6 +153,11 @@ class MnistCLI(LightningCLI):
             # A bar redrawn with \r writes megabytes into a log file: one line per epoch instead.
             callbacks = [c for c in config.trainer.get("callbacks") or [] if not isinstance(c, ProgressBar)]
             config.trainer.callbacks = [*callbacks, EpochLines()]
+        kwargs["precision"], why = precision.choose(
+            config.trainer.get("precision"), config.trainer.get("accelerator")
+        )
+        if self.subcommand in self.runs_a_model and rank_zero_only.rank == 0:
+            print(f"mnistlit: {why}", file=sys.stderr, flush=True)
         plugins = config.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
