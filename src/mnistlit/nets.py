@@ -37,17 +37,19 @@ class SpeedrunNet(nn.Module):
 
     Most parameters sit in the fully connected layer, which is cheap on a CPU; the two
     convolutions stay narrow because they dominate the time of a step (README, Results).
+    Each ReLU comes after its max-pool: the same function (ReLU and max commute), on a quarter
+    of the values, which made a bf16 training step 15% faster on a 2-core CPU (README, Speed).
     """
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, kernel_size=5),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
             nn.Conv2d(16, 32, kernel_size=3),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
