@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from mnistlit.precision import cpu_bf16_instructions
+
 from .conftest import BASE_CONFIG, CONFIGS, assert_one_clear_line, run_cli, tiny_config, write_synthetic_mnist
 from .test_pictures import draw_seven
 
@@ -165,6 +167,11 @@ def test_the_one_cycle_recipes_train_end_to_end(workdir: Path, config: str, net:
     # Their one-cycle schedules follow the run by themselves: 2 epochs of ceil(1400 / 32) steps.
     result = run_cli(workdir, "fit", "--config", str(BASE_CONFIG.with_name(config)), "--config", "tiny.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
+    # Each recipe asks for bf16-mixed; it gets it where the CPU computes bf16 natively.
+    chosen = (
+        "bf16-mixed: this CPU computes bf16" if cpu_bf16_instructions() else "32-true: bf16-mixed was asked"
+    )
+    assert f"mnistlit: precision {chosen}" in result.stderr
     run = workdir / "lightning_logs" / "version_0"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["net"]["class_path"] == f"mnistlit.nets.{net}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnistlit.precision import cpu_bf16_instructions
 from mnistlit.runs import resolve
 
 from .conftest import (
@@ -91,6 +92,28 @@ def test_a_finished_run_continued_from_its_last_checkpoint_matches_a_longer_run(
     assert continued.returncode == 0, continued.stderr[-3000:]
     assert torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["global_step"] == 4 * 44
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+
+
+@pytest.mark.slow
+def test_a_bf16_mixed_run_killed_at_any_step_resumes_to_bit_identical_weights(workdir: Path) -> None:
+    bf16 = (*FIT, "--trainer.precision", "bf16-mixed")
+    whole = run_cli(workdir, *bf16)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    chosen = (
+        "bf16-mixed: this CPU computes bf16" if cpu_bf16_instructions() else "32-true: bf16-mixed was asked"
+    )
+    assert f"mnistlit: precision {chosen}" in whole.stderr
+
+    process = start_cli(workdir, *bf16)
+    wait_for_checkpoint(last_ckpt(workdir, 1), process, at_least=random.randrange(5, 140))
+    process.kill()
+    process.communicate(timeout=120)
+    resumed = run_cli(workdir, *bf16, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+    assert all(
+        w.dtype == torch.float32 for w in weights(last_ckpt(workdir, 1)).values() if w.is_floating_point()
+    )
 
 
 class _CreatesAFile:
