@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench bench-serve bench-export robustness speedrun strong serve export clean
+.PHONY: install fit test lint tensorboard bench bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ clean:
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/time_to_accuracy.py
+
+bench-gpu: install
+	bash benchmarks/gpu.sh
 
 bench-serve: install
 	$(PY) benchmarks/serve.py $(BENCH_ARGS)

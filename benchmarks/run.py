@@ -1,16 +1,19 @@
-"""`make bench`: the plain loop, mnistlit through its CLI, and the seed's pipeline, one after
-another in separate processes, on the same data, network, optimizer, batch size and seed.
+"""`make bench`: the plain loop and mnistlit through its CLI, in fp32 and bf16-mixed, and the seed's
+pipeline, one after another in separate processes, on the same data, network, optimizer, batch
+size and seed; then the network's FLOPs and this machine's peak (benchmarks/flops.py).
 
 Every process runs with glibc's malloc told to keep freed memory (MALLOC_MMAP_THRESHOLD_,
 MALLOC_TRIM_THRESHOLD_): by default it hands large freed blocks back to the OS and
 page-faults fresh ones in on the next step, and how often depends on the process's history,
-so the same script took 10.2 s or 14 s an epoch from one process to the next. The plain
-loop and mnistlit alternate for several rounds, in the order plain-mnistlit, then
-mnistlit-plain (so a slow drift of the machine's speed favours neither), and each mnistlit
-epoch is compared with the same epoch of the plain loop's run in its round.
+so the same script took 10.2 s or 14 s an epoch from one process to the next. In each round
+and precision the plain loop and mnistlit alternate, plain first in even rounds and mnistlit
+first in odd ones (so a slow drift of the machine's speed favours neither), and each mnistlit
+epoch is compared with the same epoch of the plain loop's run in its round; the plain loop in
+bf16 runs forward and loss under the same autocast as Lightning's bf16-mixed.
 Prints a Markdown table: median seconds per epoch (train + validation) over the epochs after
-the first, the median of the paired ratios to the plain loop, final validation and test
-accuracy, and each process's peak resident memory.
+the first, the median of the paired ratios to the same precision's plain loop and to the fp32
+plain loop, the speed-up over the seed pipeline, achieved GFLOP/s and its fraction of the
+measured peak, final validation and test accuracy, and each process's peak resident memory.
 """
 
 import argparse
@@ -26,8 +29,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from flops import epoch_flops, peak_gflops
+
+from mnistlit.nets import Net
 
 ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = ("32-true", "bf16-mixed")
+DTYPES = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16}
 BENCH = Path(__file__).resolve().parent
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 
@@ -63,49 +71,49 @@ def script(name: str, epochs: int, data_dir: str, *extra: str) -> dict:
     return {**json.loads(stdout.strip().splitlines()[-1]), "rss_mb": rss}
 
 
-def mnistlit(epochs: int, data_dir: str, accelerator: str, logs: str, test: bool) -> dict:
+def mnistlit(
+    epochs: int,
+    data_dir: str,
+    device: str,
+    precision: str,
+    logs: str,
+    *extra: str,
+    config: str = "configs/base.yaml",
+) -> dict:
+    """Fit ``config`` (and ``extra`` arguments) for ``epochs`` through the CLI; history, test accuracy."""
     cli = [sys.executable, "-m", "mnistlit"]
     common = [
-        "--config",
-        "configs/base.yaml",
-        "--trainer.accelerator",
-        accelerator,
-        "--trainer.default_root_dir",
-        logs,
-        "--data.data_dir",
-        data_dir,
+        *("--config", config, "--trainer.accelerator", device, "--trainer.precision", precision),
+        *("--trainer.default_root_dir", logs, "--data.data_dir", data_dir, *extra),
     ]
     # Early stopping is pushed out of reach so that every run does the same number of epochs.
-    _, rss = run(
-        [
-            *cli,
-            "fit",
-            *common,
-            "--trainer.max_epochs",
-            str(epochs),
-            "--early_stopping.patience",
-            str(epochs + 1),
-        ]
-    )
+    limits = ["--trainer.max_epochs", str(epochs), "--early_stopping.patience", str(epochs + 1)]
+    _, rss = run([*cli, "fit", *common, *limits])
     with open(Path(logs, "lightning_logs", "version_0", "history.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
-    test_acc = float("nan")
-    if test:
-        stdout, _ = run([*cli, "test", *common, "--ckpt_path", "last"])
-        test_acc = float(re.search(r"test_acc\s+([0-9.]+)", stdout).group(1))
+    stdout, _ = run([*cli, "test", *common, "--ckpt_path", "last"])
     return {
         "epoch_seconds": [float(r["seconds"]) for r in rows],
-        "val_acc": float(rows[-1]["val_acc"]),
-        "test_acc": test_acc,
+        "val_accs": [float(r["val_acc"]) for r in rows],
+        "test_acc": float(re.search(r"test_acc\s+([0-9.]+)", stdout).group(1)),
         "rss_mb": rss,
     }
 
 
+def timed(runs: list[dict]) -> list[float]:
+    """The timed epochs (all but the first of each run)."""
+    return [s for r in runs for s in r["epoch_seconds"][1:]]
+
+
 def paired_ratios(runs: list[dict], baselines: list[dict]) -> list[float]:
-    """Each timed epoch (all but the first of a run) over the same epoch of its baseline run, sorted."""
-    seconds = [s for r in runs for s in r["epoch_seconds"][1:]]
-    baseline = [s for r in baselines for s in r["epoch_seconds"][1:]]
-    return sorted(s / p for s, p in zip(seconds, baseline, strict=True))
+    """Each timed epoch over the same epoch of its baseline run (the same round), sorted."""
+    return sorted(s / p for s, p in zip(timed(runs), timed(baselines), strict=True))
+
+
+def spread(ratios: list[float]) -> str:
+    low, _, high = statistics.quantiles(ratios, n=4)
+    middle = statistics.median(ratios)
+    return f"median {middle:.3f}×, middle half {low:.3f}–{high:.3f}×, all {ratios[0]:.3f}–{ratios[-1]:.3f}×"
 
 
 def main() -> None:
@@ -114,53 +122,94 @@ def main() -> None:
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--rounds", type=int, default=8, help="alternating plain/mnistlit rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per precision")
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--compile", action="store_true", help="also time mnistlit with --model.compile true")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is warm-up and not timed")
 
-    plain_runs, mnistlit_runs = [], []
+    plain = {precision: [] for precision in PRECISIONS}
+    ours = {precision: [] for precision in PRECISIONS}
+    compiled = {precision: [] for precision in PRECISIONS}
     for round_ in range(args.rounds):
-        last = round_ == args.rounds - 1  # test accuracy is reported for the last round only
-        with tempfile.TemporaryDirectory() as logs:
-            if round_ % 2:
-                mnistlit_runs.append(mnistlit(args.epochs, args.data_dir, args.device, logs, last))
-            plain_runs.append(script("plain_loop.py", args.epochs, args.data_dir, "--device", args.device))
-            if not round_ % 2:
-                mnistlit_runs.append(mnistlit(args.epochs, args.data_dir, args.device, logs, last))
-        paired = zip(plain_runs[-1]["epoch_seconds"], mnistlit_runs[-1]["epoch_seconds"], strict=True)
-        print(
-            "round: plain / mnistlit s per epoch:", [f"{p:.2f}/{m:.2f}" for p, m in paired], file=sys.stderr
-        )
-    seed_run = script("seed_pipeline.py", args.epochs, args.data_dir)
-    results = {
-        "plain PyTorch loop": (plain_runs, plain_runs),
-        "mnistlit (CLI, base.yaml)": (mnistlit_runs, plain_runs),
-        "seed pipeline (CPU)": ([seed_run], plain_runs[-1:]),
-    }
+        for precision in PRECISIONS:
+            with tempfile.TemporaryDirectory() as logs:
+                for name in ("mnistlit", "plain") if round_ % 2 else ("plain", "mnistlit"):
+                    if name == "plain":
+                        flags = ["--device", args.device, "--precision", precision]
+                        plain[precision].append(script("plain_loop.py", args.epochs, args.data_dir, *flags))
+                    else:
+                        ours[precision].append(
+                            mnistlit(args.epochs, args.data_dir, args.device, precision, logs)
+                        )
+            paired = zip(
+                plain[precision][-1]["epoch_seconds"], ours[precision][-1]["epoch_seconds"], strict=True
+            )
+            print(f"round {round_} {precision}: plain / mnistlit s per epoch:",
+                  [f"{p:.2f}/{m:.2f}" for p, m in paired], file=sys.stderr)  # fmt: skip
+            if args.compile:
+                with tempfile.TemporaryDirectory() as logs:
+                    flags = ("--model.compile", "true")
+                    compiled[precision].append(
+                        mnistlit(args.epochs, args.data_dir, args.device, precision, logs, *flags)
+                    )
+    seed_run = script("seed_pipeline.py", args.epochs, args.data_dir) if args.device == "cpu" else None
+
+    # (name, precision, runs, their plain loop's runs)
+    rows = []
+    for precision in PRECISIONS:
+        rows.append((f"plain PyTorch loop, {precision}", precision, plain[precision], None))
+        rows.append((f"mnistlit (CLI, base.yaml), {precision}", precision, ours[precision], plain[precision]))
+        if compiled[precision]:
+            rows.append(
+                (f"mnistlit, compiled, {precision}", precision, compiled[precision], plain[precision])
+            )
+    if seed_run is not None:
+        rows.append(("seed pipeline (DataLoader, ToTensor, tqdm)", "32-true", [seed_run], None))
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    peaks = {precision: peak_gflops(DTYPES[precision], args.device) for precision in PRECISIONS}
+    per_epoch = epoch_flops(Net())
+    seed_seconds = statistics.median(timed([seed_run])) if seed_run else None
+    fp32_plain = plain["32-true"]
     print(
         f"\n{args.rounds} rounds of {args.epochs} epochs (55,000 train + 5,000 validation images), "
-        f"seed Net, batch 128; {device}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n"
+        f"seed Net, batch 128; {device}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} "
+        f"torch threads, torch {torch.__version__}\n"
     )
-    print("| run | s/epoch (median) | ratio to plain loop | val acc | test acc | peak RSS |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, (runs, baselines) in results.items():
-        seconds = [s for r in runs for s in r["epoch_seconds"][1:]]
-        last = runs[-1]
+    print(
+        "| run | s/epoch (median) | ratio to its plain loop | ratio to fp32 plain loop | "
+        "faster than seed | GFLOP/s | of peak | val acc | test acc | peak RSS |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, precision, runs, baselines in rows:
+        seconds = statistics.median(timed(runs))
+        achieved = per_epoch / seconds / 1e9
+        own = f"{statistics.median(paired_ratios(runs, baselines)):.3f}×" if baselines else "—"
+        versus_fp32 = statistics.median(paired_ratios(runs, fp32_plain[-len(runs) :]))
+        versus_seed = f"{seed_seconds / seconds:.2f}×" if seed_seconds else "—"
+        of_peak = achieved / max(peaks[precision].values())
         print(
-            f"| {name} | {statistics.median(seconds):.2f} | "
-            f"{statistics.median(paired_ratios(runs, baselines)):.3f}× | {last['val_acc']:.4f} | "
-            f"{last['test_acc']:.4f} | {max(r['rss_mb'] for r in runs):.0f} MB |"
+            f"| {name} | {seconds:.2f} | {own} | {versus_fp32:.3f}× | {versus_seed} | {achieved:.0f} | "
+            f"{of_peak:.0%} | {runs[-1]['val_accs'][-1]:.4f} | {runs[-1]['test_acc']:.4f} | "
+            f"{max(r['rss_mb'] for r in runs):.0f} MB |"
         )
-    ratios = paired_ratios(mnistlit_runs, plain_runs)
-    if len(ratios) >= 4:
-        low, _, high = statistics.quantiles(ratios, n=4)
+    print(
+        f"\nFLOPs: {per_epoch / 1e12:.3f} TFLOP an epoch (seed Net: forward and backward of 55,000 images, "
+        "forward of 5,000; python benchmarks/flops.py lists them per layer)"
+    )
+    for precision, peak in peaks.items():
         print(
-            f"\nmnistlit / plain loop, {len(ratios)} paired epochs: middle half {low:.3f}–{high:.3f}×, "
-            f"all {ratios[0]:.3f}–{ratios[-1]:.3f}×"
+            f"peak {precision}: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
+        )
+    for precision in PRECISIONS:
+        if len(timed(ours[precision])) >= 4:
+            ratios = paired_ratios(ours[precision], plain[precision])
+            print(f"mnistlit / plain loop, {precision}, {len(ratios)} paired epochs: {spread(ratios)}")
+    if len(timed(ours["bf16-mixed"])) >= 4:
+        print(
+            f"mnistlit bf16-mixed / fp32 plain loop: {spread(paired_ratios(ours['bf16-mixed'], fp32_plain))}"
         )
 
 

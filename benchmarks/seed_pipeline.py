@@ -3,7 +3,7 @@
 torchvision's MNIST dataset decoding one PIL image at a time, ToTensor, a DataLoader with
 4 workers, and a loop that computes metrics and updates the tqdm bar with `.item()` on every
 step. Same split, network, optimizer, LR schedule, batch size and seed as the others.
-Prints one JSON line like plain_loop.py.
+Prints one JSON line like plain_loop.py. fp32 only, as the seed runs.
 """
 
 import argparse
@@ -45,6 +45,24 @@ def run_epoch(net, loader, loss_fn, optimizer=None) -> tuple[float, float]:
     return total_loss / steps, accuracy.compute().item()
 
 
+def seed_loaders(data_dir: str, root: str) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """The seed's train/validation/test DataLoaders: torchvision's MNIST (read from ``data_dir``
+    through links in ``root``), ToTensor, batch 128, 4 workers; mnistlit's split."""
+    folder = ensure_files(MNIST, data_dir)
+    raw = Path(root, "MNIST", "raw")
+    raw.mkdir(parents=True)
+    for name in MNIST.files:
+        os.symlink((folder / name).resolve(), raw / name)
+    train_set = datasets.MNIST(root, train=True, transform=transforms.ToTensor())
+    test_set = datasets.MNIST(root, train=False, transform=transforms.ToTensor())
+    train, val = split_indices(len(train_set), 5000, seed=42)
+    return (
+        DataLoader(Subset(train_set, train), batch_size=128, shuffle=True, num_workers=4),
+        DataLoader(Subset(train_set, val), batch_size=128, shuffle=False, num_workers=4),
+        DataLoader(test_set, batch_size=128, shuffle=False, num_workers=4),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -52,24 +70,13 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(42)
-    folder = ensure_files(MNIST, args.data_dir)
     with tempfile.TemporaryDirectory() as root:
-        raw = Path(root, "MNIST", "raw")
-        raw.mkdir(parents=True)
-        for name in MNIST.files:
-            os.symlink((folder / name).resolve(), raw / name)
-        train_set = datasets.MNIST(root, train=True, transform=transforms.ToTensor())
-        test_set = datasets.MNIST(root, train=False, transform=transforms.ToTensor())
-        train, val = split_indices(len(train_set), 5000, seed=42)
-        dl_train = DataLoader(Subset(train_set, train), batch_size=128, shuffle=True, num_workers=4)
-        dl_val = DataLoader(Subset(train_set, val), batch_size=128, shuffle=False, num_workers=4)
-        dl_test = DataLoader(test_set, batch_size=128, shuffle=False, num_workers=4)
-
+        dl_train, dl_val, dl_test = seed_loaders(args.data_dir, root)
         net = Net()
         loss_fn = nn.CrossEntropyLoss()
         optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=15)
-        epoch_seconds = []
+        epoch_seconds, val_accs = [], []
         for _ in range(args.epochs):
             started = time.perf_counter()
             net.train()
@@ -79,10 +86,11 @@ def main() -> None:
             with torch.no_grad():
                 _, val_acc = run_epoch(net, dl_val, loss_fn)
             epoch_seconds.append(time.perf_counter() - started)
+            val_accs.append(val_acc)
         net.eval()
         with torch.no_grad():
             _, test_acc = run_epoch(net, dl_test, loss_fn)
-    print(json.dumps({"epoch_seconds": epoch_seconds, "val_acc": val_acc, "test_acc": test_acc}))
+    print(json.dumps({"epoch_seconds": epoch_seconds, "val_accs": val_accs, "test_acc": test_acc}))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A config over several seeds (`make speedrun`, `make strong`): each seed fit and tested in new processes.
 
 Prints a Markdown table: per seed, the training seconds (sum of the epochs' seconds in
-history.csv: training plus validation, no start-up) and the test accuracy of the final
-weights; then the mean and the minimum. With --robustness, also the final weights' mean
+history.csv: training plus validation, no start-up), the seconds until validation accuracy first
+reached 99.0% and 99.5% (time to accuracy; "—" if never), and the test accuracy of the final
+weights; then the mean and the worst. With --robustness, also the final weights' mean
 accuracy over the robustness suite (benchmarks/robustness.py) and over its users' shifts.
 """
 
@@ -17,10 +18,12 @@ import tempfile
 from pathlib import Path
 
 from run import KEEP_FREED_MEMORY, ROOT, cpu_name
+from time_to_accuracy import seconds_to
 
 
-def run_seed(configs: list[str], seed: int, data_dir: str, logs: str) -> tuple[float, float]:
-    """Fit and test one seed in ``logs``; its training seconds and test accuracy."""
+def run_seed(configs: list[str], seed: int, data_dir: str, logs: str) -> dict[str, float | None]:
+    """Fit and test one seed in ``logs``: its training seconds, the seconds until validation
+    accuracy first reached 99.0% and 99.5%, and the final weights' test accuracy."""
     layered = [arg for config in configs for arg in ("--config", config)]
     common = [*layered, "--seed_everything", str(seed),
               "--trainer.default_root_dir", logs, "--data.data_dir", data_dir]  # fmt: skip
@@ -35,8 +38,21 @@ def run_seed(configs: list[str], seed: int, data_dir: str, logs: str) -> tuple[f
         if result.returncode != 0:
             raise SystemExit(f"seed {seed} {subcommand} failed:\n{result.stderr[-2000:]}")
     with open(Path(logs, "lightning_logs", "version_0", "history.csv"), newline="") as f:
-        seconds = sum(float(row["seconds"]) for row in csv.DictReader(f))
-    return seconds, float(re.search(r"test_acc\s+([0-9.]+)", result.stdout).group(1))
+        rows = list(csv.DictReader(f))
+    seconds = [float(row["seconds"]) for row in rows]
+    val_accs = [float(row["val_acc"]) for row in rows]
+    return {
+        "training seconds": sum(seconds),
+        "s to 99.0% val": seconds_to(0.99, seconds, val_accs),
+        "s to 99.5% val": seconds_to(0.995, seconds, val_accs),
+        "test acc": float(re.search(r"test_acc\s+([0-9.]+)", result.stdout).group(1)),
+    }
+
+
+def cell(column: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if column.startswith(("training seconds", "s to")) else f"{value:.4f}"
 
 
 def main() -> None:
@@ -53,19 +69,28 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as logs:
             results[seed] = run_seed(configs, seed, args.data_dir, logs)
             if suite is not None:
-                results[seed] += suite(Path(logs, "lightning_logs", "version_0", "checkpoints", "last.ckpt"))
-        done = ", ".join(f"{value:.4f}" for value in results[seed])
-        print(f"seed {seed}: {done}", file=sys.stderr, flush=True)
-    columns = ["training seconds", "test acc"] + (["suite mean", "users' shifts mean"] if suite else [])
+                scores = suite(Path(logs, "lightning_logs", "version_0", "checkpoints", "last.ckpt"))
+                results[seed].update(zip(("suite mean", "users' shifts mean"), scores, strict=True))
+        print(f"seed {seed}: {results[seed]}", file=sys.stderr, flush=True)
+    columns = list(results[args.seeds[0]])
     print(f"\n{' + '.join(configs)}, {cpu_name()}\n")
     print("| seed | " + " | ".join(columns) + " |")
     print("|---:|" + "---:|" * len(columns))
     for seed, values in results.items():
-        print(f"| {seed} | {values[0]:.1f} | " + " | ".join(f"{v:.4f}" for v in values[1:]) + " |")
-    by_column = list(zip(*results.values(), strict=True))
-    print(f"| mean | {statistics.mean(by_column[0]):.1f} | "
-          + " | ".join(f"{statistics.mean(c):.4f}" for c in by_column[1:]) + " |")  # fmt: skip
-    print(f"| worst | {max(by_column[0]):.1f} | " + " | ".join(f"{min(c):.4f}" for c in by_column[1:]) + " |")
+        print(f"| {seed} | " + " | ".join(cell(c, values[c]) for c in columns) + " |")
+    for name, summary in (("mean", statistics.mean), ("worst", None)):
+        cells = []
+        for column in columns:
+            values = [values[column] for values in results.values()]
+            if None in values:
+                cells.append("—")
+            elif summary is None:  # the slowest time, the lowest accuracy
+                cells.append(
+                    cell(column, max(values) if column.startswith(("training", "s to")) else min(values))
+                )
+            else:
+                cells.append(cell(column, summary(values)))
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def robustness_suite(data_dir: str):
