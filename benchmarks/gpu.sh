@@ -27,6 +27,6 @@ for precision in 32-true bf16-mixed; do
   ended=$(date +%s.%N)
   training=$("$PY" -c "import csv, sys; print(f'{sum(float(r[\"seconds\"]) for r in csv.DictReader(open(sys.argv[1]))):.1f}')" \
     "$logs/$precision/lightning_logs/version_0/history.csv")
-  accuracy=$("$PY" -m mnistlit test "${run[@]}" --ckpt_path last 2>/dev/null | grep -oE 'test_acc +[0-9.]+' | grep -oE '[0-9.]+$')
+  accuracy=$("$PY" -m mnistlit test "${run[@]}" --ckpt_path last 2>/dev/null | grep -oE 'test_acc +[0-9.]+' | grep -oE '[0-9.]+$' | cut -c1-6)
   echo "| $precision | $("$PY" -c "print(f'{$ended - $started:.1f}')") | $training | $accuracy |"
 done
