@@ -38,6 +38,7 @@ clean:
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/time_to_accuracy.py
+	$(PY) benchmarks/lightning_floor.py
 
 bench-gpu: install
 	bash benchmarks/gpu.sh
