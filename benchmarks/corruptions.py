@@ -8,7 +8,7 @@ ink on black, and a numpy Generator to a uint8 image; image i of a batch draws f
 generator seeded with (seed, i), so the first N test images get the same corruptions
 whatever N is.
 
-These are test-time transforms only: the training augmentations (mnistlit.augment) are
+These are test-time transforms only: the training augmentations (mnistlit.core.augment) are
 separate code with other ranges, so a recipe is never trained on the suite itself.
 """
 

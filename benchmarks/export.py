@@ -22,9 +22,10 @@ from PIL import Image
 from run import cpu_name
 from serve import drawn_seven
 
-from mnistlit.export import DigitProbabilities, onnx_bytes, pt2_bytes
-from mnistlit.nets import Net, StrongNet
-from mnistlit.preprocess import mnist_digit
+from mnistlit.core.inputs import DigitProbabilities
+from mnistlit.core.nets import Net, StrongNet
+from mnistlit.deploy.export import onnx_bytes, pt2_bytes
+from mnistlit.deploy.preprocess import mnist_digit
 
 
 def median_seconds(call, repeats: int) -> float:

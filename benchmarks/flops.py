@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistlit.nets import Net
+from mnistlit.core.nets import Net
 
 TRAIN_IMAGES, VAL_IMAGES = 55_000, 5_000
 

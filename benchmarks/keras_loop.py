@@ -19,7 +19,7 @@ from torch import nn
 from torchkeras import KerasModel
 from torchmetrics import Accuracy
 
-from mnistlit.nets import Net
+from mnistlit.core.nets import Net
 
 
 class EpochClock:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from run import KEEP_FREED_MEMORY, cpu_name
 
-from mnistlit.nets import Net
-from mnistlit.runtime import quiet_known_noise
+from mnistlit.core.nets import Net
+from mnistlit.runs.process import quiet_known_noise
 
 BATCH = 128
 

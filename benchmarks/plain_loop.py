@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnistlit.batches import split_indices
-from mnistlit.data import MNIST_MEAN, MNIST_STD
-from mnistlit.datasets import MNIST
-from mnistlit.nets import Net
-from mnistlit.sources import ensure_files
+from mnistlit.core.batches import split_indices
+from mnistlit.core.datasets import MNIST
+from mnistlit.core.inputs import MNIST_MEAN, MNIST_STD
+from mnistlit.core.nets import Net
+from mnistlit.runs.sources import ensure_files
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

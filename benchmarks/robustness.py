@@ -23,12 +23,12 @@ import yaml
 from corruptions import CORRUPTIONS, MNIST_C, USERS, corrupt
 from PIL import Image
 
-from mnistlit.data import standardize, unit_range
-from mnistlit.datasets import dataset_named, read_idx
-from mnistlit.module import LitClassifier
-from mnistlit.preprocess import mnist_digit
-from mnistlit.runs import best_in, version_of
-from mnistlit.sources import ensure_files
+from mnistlit.core.datasets import dataset_named, read_idx
+from mnistlit.core.inputs import network_input
+from mnistlit.core.module import LitClassifier
+from mnistlit.deploy.preprocess import mnist_digit
+from mnistlit.runs.folders import best_in, version_of
+from mnistlit.runs.sources import ensure_files
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("base", "speedrun", "strong", "handwriting")
@@ -38,7 +38,7 @@ CLEAN, AS_STORED = "clean", "clean, as stored"
 def _signature(config: dict) -> tuple:
     """What makes a run one of a recipe: network, augmentation, epochs, dataset."""
     model, data, trainer = config.get("model") or {}, config.get("data") or {}, config.get("trainer") or {}
-    net = (model.get("net") or {}).get("class_path", "mnistlit.nets.Net")
+    net = (model.get("net") or {}).get("class_path", "mnistlit.core.nets.Net")
     augment = (data.get("augment") or {}).get("class_path")
     dataset = data.get("dataset", "mnist")
     dataset = dataset if isinstance(dataset, str) else dataset.get("name")
@@ -83,7 +83,7 @@ def test_sets(digits: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 @torch.inference_mode()
 def accuracy(model: LitClassifier, images: np.ndarray, labels: np.ndarray) -> float:
     predictions = [
-        model(standardize(unit_range(torch.from_numpy(batch)))).argmax(1).numpy()
+        model(network_input(torch.from_numpy(batch))).argmax(1).numpy()
         for batch in np.array_split(images, max(1, len(images) // 500))
     ]
     return float((np.concatenate(predictions) == labels).mean())

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from flops import epoch_flops, peak_gflops
 
-from mnistlit.nets import Net
+from mnistlit.core.nets import Net
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("32-true", "bf16-mixed")

@@ -20,10 +20,10 @@ from torchmetrics import Accuracy
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from mnistlit.batches import split_indices
-from mnistlit.datasets import MNIST
-from mnistlit.nets import Net
-from mnistlit.sources import ensure_files
+from mnistlit.core.batches import split_indices
+from mnistlit.core.datasets import MNIST
+from mnistlit.core.nets import Net
+from mnistlit.runs.sources import ensure_files
 
 
 def run_epoch(net, loader, loss_fn, optimizer=None) -> tuple[float, float]:

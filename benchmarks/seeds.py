@@ -97,8 +97,8 @@ def robustness_suite(data_dir: str):
     """A function scoring a checkpoint on the robustness suite (corrupted once, for every seed)."""
     from robustness import accuracy, test_sets, with_means
 
-    from mnistlit.datasets import read_idx
-    from mnistlit.module import LitClassifier
+    from mnistlit.core.datasets import read_idx
+    from mnistlit.core.module import LitClassifier
 
     folder = Path(data_dir) / "mnist"
     digits = read_idx(folder / "t10k-images-idx3-ubyte").numpy()

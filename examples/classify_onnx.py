@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime
 from PIL import Image
 
-from mnistlit.preprocess import mnist_digit  # the same MNIST-style preprocessing as `mnistlit predict`
+from mnistlit.deploy.preprocess import mnist_digit  # the same MNIST-style preprocessing as `mnistlit predict`
 
 
 def main(model_file: str, image_files: list[str]) -> None:

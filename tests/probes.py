@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from mnistlit.nets import Net
+from mnistlit.core.nets import Net
 
 
 class SlowValidation(L.Callback):

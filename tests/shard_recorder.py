@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mnistlit.data import MNIST_MEAN, MNIST_STD
+from mnistlit.core.inputs import MNIST_MEAN, MNIST_STD
 
 
 def image_digest(image: torch.Tensor) -> str:

@@ -2,9 +2,10 @@ from types import SimpleNamespace
 
 import torch
 
-from mnistlit.augment import HandwritingShifts, RandomAffine
-from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnistlit.datasets import IDXDataset
+from mnistlit.core.augment import HandwritingShifts, RandomAffine
+from mnistlit.core.datasets import IDXDataset
+from mnistlit.core.inputs import MNIST_MEAN, MNIST_STD
+from mnistlit.runs.data import MNISTDataModule
 
 from .conftest import draw_digits
 

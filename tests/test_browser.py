@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONFIGS, run_cli, start_cli, tiny_config, write_synthetic_mnist
+from .conftest import CONFIGS, cli, start_cli, tiny_config, write_synthetic_mnist
 from .test_lossless import png_header_only
 
 CHROMIUM = next(
@@ -40,7 +40,7 @@ STROKES = {
 def server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("served")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=4)
-    fitted = run_cli(workdir, "fit", *CONFIGS, "--model.lr_scheduler.init_args.T_max", "4")
+    fitted = cli(workdir, "fit", *CONFIGS, "--model.lr_scheduler.init_args.T_max", "4")
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     process = start_cli(workdir, "serve", *CONFIGS, "--ckpt_path", "best", "--port", "0")
     line = process.stdout.readline()
@@ -78,7 +78,7 @@ def draw(page, strokes: list[list[tuple[int, int]]]) -> None:
 def test_drawn_digits_are_read_and_shown_with_what_the_network_saw(page, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    expect(page.locator("#model")).to_contain_text("mnistlit.nets.Net · mnist (10 classes)")
+    expect(page.locator("#model")).to_contain_text("mnistlit.core.nets.Net · mnist (10 classes)")
     for digit, strokes in STROKES.items():
         page.click("#clear")
         expect(page.locator("#digit")).to_have_text("–")

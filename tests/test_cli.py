@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from mnistlit.precision import cpu_bf16_instructions
+from mnistlit.runs.precision import cpu_bf16_instructions
 
-from .conftest import BASE_CONFIG, CONFIGS, assert_one_clear_line, run_cli, tiny_config, write_synthetic_mnist
+from .conftest import BASE_CONFIG, CONFIGS, assert_one_clear_line, cli, tiny_config, write_synthetic_mnist
 from .test_pictures import draw_seven
 
 
@@ -22,7 +22,7 @@ def fitted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     workdir = tmp_path_factory.mktemp("fitted")
     md5 = write_synthetic_mnist(workdir / "data" / "mnist")
     tiny_config(workdir, md5, max_epochs=2)
-    result = run_cli(workdir, "fit", *CONFIGS)
+    result = cli(workdir, "fit", *CONFIGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -34,7 +34,7 @@ def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted) -> None:
     assert len(list((run / "checkpoints").glob("best-epoch=*-val_acc=*.ckpt"))) == 1
     assert list(run.glob("events.out.tfevents.*"))
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["net"]["class_path"] == "mnistlit.nets.Net"
+    assert config["model"]["net"]["class_path"] == "mnistlit.core.nets.Net"
     assert config["data"]["batch_size"] == 32
 
 
@@ -69,7 +69,7 @@ def test_the_synthetic_digits_are_learned(fitted) -> None:
 
 def test_test_with_best_in_a_new_process_reports_test_acc(fitted) -> None:
     workdir, _ = fitted
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test_acc" in result.stdout
     assert "best-epoch=" in result.stderr + result.stdout
@@ -77,14 +77,14 @@ def test_test_with_best_in_a_new_process_reports_test_acc(fitted) -> None:
 
 def test_validate_with_last_in_a_new_process(fitted) -> None:
     workdir, _ = fitted
-    result = run_cli(workdir, "validate", *CONFIGS, "--ckpt_path", "last")
+    result = cli(workdir, "validate", *CONFIGS, "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val_acc" in result.stdout
 
 
 def test_predict_writes_a_csv_row_per_test_image(fitted) -> None:
     workdir, _ = fitted
-    result = run_cli(workdir, "predict", *CONFIGS, "--ckpt_path", "best")
+    result = cli(workdir, "predict", *CONFIGS, "--ckpt_path", "best")
     assert result.returncode == 0, result.stderr[-3000:]
     path = Path(result.stdout.split("predictions written to ")[1].split()[0])
     with open(path, newline="") as f:
@@ -115,7 +115,7 @@ def test_a_checkpoint_loads_alone_with_weights_only(fitted) -> None:
 
 
 def test_print_config_works(workdir: Path) -> None:
-    result = run_cli(workdir, "fit", *CONFIGS, "--print_config")
+    result = cli(workdir, "fit", *CONFIGS, "--print_config")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["early_stopping"]["patience"] == 3
@@ -123,29 +123,29 @@ def test_print_config_works(workdir: Path) -> None:
 
 
 def test_ckpt_best_before_any_run_is_one_clear_line(workdir: Path) -> None:
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
     assert_one_clear_line(result, "--ckpt_path best", "no run under", "has a best checkpoint")
 
 
 def test_a_missing_checkpoint_file_is_one_clear_line(workdir: Path) -> None:
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "nowhere.ckpt")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "nowhere.ckpt")
     assert_one_clear_line(result, "nowhere.ckpt", "no such file")
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(workdir: Path) -> None:
     (workdir / "garbage.ckpt").write_bytes(b"\x00not a checkpoint")
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "garbage.ckpt")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "garbage.ckpt")
     assert_one_clear_line(result, "cannot load checkpoint garbage.ckpt")
 
 
 def test_a_bad_config_value_is_one_clear_line(workdir: Path) -> None:
-    result = run_cli(workdir, "fit", *CONFIGS, "--data.batch_size", "0")
+    result = cli(workdir, "fit", *CONFIGS, "--data.batch_size", "0")
     assert_one_clear_line(result, "batch_size must be at least 1")
     assert not (workdir / "lightning_logs").exists()
 
 
 def test_an_unknown_key_is_refused(workdir: Path) -> None:
-    result = run_cli(workdir, "fit", *CONFIGS, "--data.batchsize", "64")
+    result = cli(workdir, "fit", *CONFIGS, "--data.batchsize", "64")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "batchsize" in result.stderr
@@ -154,7 +154,7 @@ def test_an_unknown_key_is_refused(workdir: Path) -> None:
 def test_no_data_and_no_source_is_one_clear_line(workdir: Path) -> None:
     for path in (workdir / "data" / "mnist").iterdir():
         path.unlink()
-    result = run_cli(workdir, "fit", *CONFIGS)
+    result = cli(workdir, "fit", *CONFIGS)
     assert_one_clear_line(result, "could not get the mnist files", "Put train-images-idx3-ubyte")
     assert "files in the data folder" in result.stderr and "download mirrors" in result.stderr
 
@@ -165,7 +165,7 @@ def test_no_data_and_no_source_is_one_clear_line(workdir: Path) -> None:
 )
 def test_the_one_cycle_recipes_train_end_to_end(workdir: Path, config: str, net: str) -> None:
     # Their one-cycle schedules follow the run by themselves: 2 epochs of ceil(1400 / 32) steps.
-    result = run_cli(workdir, "fit", "--config", str(BASE_CONFIG.with_name(config)), "--config", "tiny.yaml")
+    result = cli(workdir, "fit", "--config", str(BASE_CONFIG.with_name(config)), "--config", "tiny.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     # Each recipe asks for bf16-mixed; it gets it where the CPU computes bf16 natively.
     chosen = (
@@ -174,7 +174,7 @@ def test_the_one_cycle_recipes_train_end_to_end(workdir: Path, config: str, net:
     assert f"mnistlit: precision {chosen}" in result.stderr
     run = workdir / "lightning_logs" / "version_0"
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["net"]["class_path"] == f"mnistlit.nets.{net}"
+    assert config["model"]["net"]["class_path"] == f"mnistlit.core.nets.{net}"
     assert config["model"]["lr_scheduler_interval"] == "step"
     with open(run / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -186,9 +186,9 @@ def test_the_one_cycle_recipes_train_end_to_end(workdir: Path, config: str, net:
     # The checkpoint alone rebuilds its network, from plain Python (no config).
     draw_seven().save(workdir / "seven.png")
     code = (
-        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier\n"
+        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier, classify\n"
         "model = LitClassifier.load_from_checkpoint(sys.argv[1])\n"
-        "print(type(model.net).__name__, *model.classify(Image.open(sys.argv[2])))\n"
+        "print(type(model.net).__name__, *classify(model, Image.open(sys.argv[2])))\n"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code, str(run / "checkpoints" / "last.ckpt"), str(workdir / "seven.png")],
@@ -204,9 +204,7 @@ def test_the_number_of_classes_comes_from_the_dataset(workdir: Path) -> None:
     forty_seven["data"]["dataset"]["classes"] = [f"class {i}" for i in range(47)]
     (workdir / "tiny47.yaml").write_text(yaml.safe_dump(forty_seven))
     speedrun = str(BASE_CONFIG.with_name("speedrun.yaml"))
-    result = run_cli(
-        workdir, "fit", "--config", speedrun, "--config", "tiny47.yaml", "--trainer.max_epochs", "1"
-    )
+    result = cli(workdir, "fit", "--config", speedrun, "--config", "tiny47.yaml", "--trainer.max_epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     last = torch.load(
         workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
@@ -220,9 +218,9 @@ def test_the_number_of_classes_comes_from_the_dataset(workdir: Path) -> None:
 def test_describe_says_what_a_checkpoint_holds_and_writes_nothing(fitted) -> None:
     workdir, _ = fitted
     before = sorted((workdir / "lightning_logs").iterdir())
-    result = run_cli(workdir, "describe", *CONFIGS, "--ckpt_path", "best")
+    result = cli(workdir, "describe", *CONFIGS, "--ckpt_path", "best")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "network:    mnistlit.nets.Net {'num_classes': 10} (53,994 parameters)" in result.stdout
+    assert "network:    mnistlit.core.nets.Net {'num_classes': 10} (53,994 parameters)" in result.stdout
     assert "dataset:    mnist (10 classes), val_size 100, split_seed 42" in result.stdout
     assert "val_acc:    " in result.stdout and "best-epoch=" in result.stdout
     assert sorted((workdir / "lightning_logs").iterdir()) == before, "describe reserves no run folder"
@@ -230,11 +228,11 @@ def test_describe_says_what_a_checkpoint_holds_and_writes_nothing(fitted) -> Non
 
 def test_version() -> None:
     result = subprocess.run([sys.executable, "-m", "mnistlit", "--version"], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "mnistlit 0.1.0"
+    assert result.returncode == 0 and result.stdout.strip() == "mnistlit 0.2.0"
 
 
 def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> None:
-    result = run_cli(
+    result = cli(
         workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed",
         "--model.compile", "true",
     )  # fmt: skip
@@ -245,7 +243,7 @@ def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> Non
 
 MMAPPED_BY_A_LARGE_ALLOCATION = """
 import ctypes, sys, torch
-from mnistlit.runtime import keep_freed_memory
+from mnistlit.runs.process import keep_freed_memory
 
 FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 

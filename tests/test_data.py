@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from mnistlit.batches import InMemoryDigits, ResumableBatches, split_indices
-from mnistlit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnistlit.datasets import IDXDataset
-from mnistlit.errors import MnistlitError
+from mnistlit.core.batches import InMemoryDigits, ResumableBatches, split_indices
+from mnistlit.core.datasets import IDXDataset
+from mnistlit.core.errors import MnistlitError
+from mnistlit.core.inputs import MNIST_MEAN, MNIST_STD
+from mnistlit.runs.data import MNISTDataModule
 
 
 def make_datamodule(tiny_data, **kwargs) -> MNISTDataModule:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlit.data import MNISTDataModule
-from mnistlit.datasets import IDXDataset
+from mnistlit.core.datasets import IDXDataset
+from mnistlit.runs.data import MNISTDataModule
 
 from .conftest import CONFIGS, ROOT, tiny_config, write_synthetic_mnist
 from .shard_recorder import image_digest

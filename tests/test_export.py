@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistlit import export
-from mnistlit.errors import MnistlitError
-from mnistlit.module import LitClassifier
+from mnistlit.core.errors import MnistlitError
+from mnistlit.core.module import LitClassifier
+from mnistlit.deploy import export
+from mnistlit.deploy.images import classify
 
-from .conftest import CLI_ENV, CONFIGS, ROOT, assert_one_clear_line, draw_digits, run_cli
+from .conftest import CLI_ENV, CONFIGS, ROOT, assert_one_clear_line, cli, draw_digits
 from .probes import AlwaysDropoutNet
 from .test_lossless import WITH_A_FULL_DISK
 
@@ -30,9 +31,9 @@ def trained(tmp_path_factory) -> Path:
 
     workdir = tmp_path_factory.mktemp("export")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    fitted = run_cli(workdir, "fit", *CONFIGS)
+    fitted = cli(workdir, "fit", *CONFIGS)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
-    exported = run_cli(workdir, *EXPORT)
+    exported = cli(workdir, *EXPORT)
     assert exported.returncode == 0, exported.stderr[-3000:]
     (workdir / "export.out").write_text(exported.stdout)
     return workdir
@@ -69,7 +70,7 @@ def test_the_files_describe_themselves(trained: Path) -> None:
     from_pt2 = json.loads(extra["mnistlit.json"])
     assert from_onnx == from_pt2
     assert json.loads(from_onnx["classes"]) == [str(d) for d in range(10)]
-    assert from_onnx["dataset"] == "mnist" and from_onnx["network"] == "mnistlit.nets.Net"
+    assert from_onnx["dataset"] == "mnist" and from_onnx["network"] == "mnistlit.core.nets.Net"
     assert from_onnx["checkpoint_sha256"] == export.sha256(best_of(trained))
     assert 0 < float(from_onnx["val_acc"]) <= 1
     assert from_onnx["torch_version"] == torch.__version__ and from_onnx["mnistlit_version"]
@@ -92,7 +93,7 @@ def test_any_batch_size_gives_the_checkpoints_answers(trained: Path, batch: int)
 
 
 def test_format_and_output_choose_what_is_written_and_where(trained: Path) -> None:
-    result = run_cli(trained, *EXPORT, "--format", "onnx", "--output", "shipped")
+    result = cli(trained, *EXPORT, "--format", "onnx", "--output", "shipped")
     assert result.returncode == 0, result.stderr[-3000:]
     assert files_in(trained / "shipped") == ["model.onnx"]
     assert "pt2" not in result.stdout
@@ -126,7 +127,7 @@ def test_the_example_classifies_files_without_pytorch(trained: Path, tmp_path: P
     assert [row[0] for row in rows] == [str(f) for f in files]
     for (_, label, probability), file in zip(rows, files, strict=True):
         with Image.open(file) as image:
-            digit, expected = model.classify(image)
+            digit, expected = classify(model, image)
         assert label == str(digit) and float(probability) == pytest.approx(expected, abs=1e-4)
 
 
@@ -141,7 +142,7 @@ def test_the_example_classifies_files_without_pytorch(trained: Path, tmp_path: P
 )
 def test_bad_input_is_one_line_and_writes_nothing(trained: Path, args, phrase) -> None:
     before = files_in(trained)
-    result = run_cli(trained, *EXPORT, *args)
+    result = cli(trained, *EXPORT, *args)
     assert_one_clear_line(result, phrase)
     assert files_in(trained) == before
 
@@ -161,12 +162,12 @@ def test_a_network_onnx_cannot_express_is_named_with_its_operator(trained: Path)
     (workdir / "tiny.yaml").write_text((trained / "tiny.yaml").read_text())
     (workdir / "data").symlink_to(trained / "data")
     args = ("--model.net", "tests.probes.KthValueNet")
-    fitted = run_cli(workdir, "fit", *CONFIGS, *args, "--trainer.limit_train_batches", "3")
+    fitted = cli(workdir, "fit", *CONFIGS, *args, "--trainer.limit_train_batches", "3")
     assert fitted.returncode == 0, fitted.stderr[-3000:]
-    result = run_cli(workdir, *EXPORT)
+    result = cli(workdir, *EXPORT)
     assert_one_clear_line(result, "cannot export the network to ONNX", "operator aten.kthvalue")
     assert files_in(workdir / "lightning_logs" / "version_0" / "export") == []
-    pt2_only = run_cli(workdir, *EXPORT, "--format", "pt2")
+    pt2_only = cli(workdir, *EXPORT, "--format", "pt2")
     assert pt2_only.returncode == 0, pt2_only.stderr[-3000:]
 
 

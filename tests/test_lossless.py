@@ -21,6 +21,7 @@ from .conftest import (
     ROOT,
     assert_one_clear_line,
     assert_same_weights,
+    cli,
     copy_reference,
     last_ckpt,
     run_cli,
@@ -66,12 +67,12 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 def test_fit_from_a_best_checkpoint_starts_a_new_run_and_leaves_the_old_one_byte_identical(
     workdir: Path,
 ) -> None:
-    first = run_cli(workdir, *FIT, "--trainer.max_epochs", "3")
+    first = cli(workdir, *FIT, "--trainer.max_epochs", "3")
     assert first.returncode == 0, first.stderr[-3000:]
     run = workdir / "lightning_logs" / "version_0"
     before = files_of(run)
 
-    again = run_cli(workdir, *FIT, "--trainer.max_epochs", "3", "--ckpt_path", "best")
+    again = cli(workdir, *FIT, "--trainer.max_epochs", "3", "--ckpt_path", "best")
     assert again.returncode == 0, again.stderr[-3000:]
     assert files_of(run) == before, "the finished run's files must not change"
     assert runs(workdir) == ["version_0", "version_1"]
@@ -79,10 +80,10 @@ def test_fit_from_a_best_checkpoint_starts_a_new_run_and_leaves_the_old_one_byte
 
 
 def test_a_resume_with_another_data_split_is_refused(workdir: Path) -> None:
-    first = run_cli(workdir, *FIT, "--trainer.max_epochs", "1")
+    first = cli(workdir, *FIT, "--trainer.max_epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     before = files_of(workdir / "lightning_logs" / "version_0")
-    result = run_cli(workdir, *FIT, "--ckpt_path", "last", "--data.val_size", "200")
+    result = cli(workdir, *FIT, "--ckpt_path", "last", "--data.val_size", "200")
     assert_one_clear_line(result, "another train/validation split", "data.val_size 100 -> 200")
     assert files_of(workdir / "lightning_logs" / "version_0") == before
     assert runs(workdir) == ["version_0"]
@@ -109,7 +110,7 @@ def test_a_stop_during_validation_saves_after_it_and_resumes_bit_identical(
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"mnistlit: stopped by {name} at step {saved}; saved "), last_line
 
-    resumed = run_cli(workdir, *FIT, "--ckpt_path", "last")
+    resumed = cli(workdir, *FIT, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
     history = (workdir / "lightning_logs" / "version_1" / "history.csv").read_text()
@@ -119,11 +120,11 @@ def test_a_stop_during_validation_saves_after_it_and_resumes_bit_identical(
 
 def test_last_means_the_newest_runs_last_checkpoint_never_another_run(workdir: Path) -> None:
     for _ in range(2):
-        result = run_cli(workdir, *FIT, "--trainer.max_epochs", "1")
+        result = cli(workdir, *FIT, "--trainer.max_epochs", "1")
         assert result.returncode == 0, result.stderr[-3000:]
     last_ckpt(workdir, 1).unlink()  # the newest run has no last.ckpt
     before = files_of(workdir / "lightning_logs" / "version_0")
-    result = run_cli(workdir, *FIT, "--ckpt_path", "last")
+    result = cli(workdir, *FIT, "--ckpt_path", "last")
     assert_one_clear_line(result, "newest training run", "version_1, has no last.ckpt", "version_0")
     assert files_of(workdir / "lightning_logs" / "version_0") == before
 
@@ -132,13 +133,13 @@ def test_last_means_the_newest_runs_last_checkpoint_never_another_run(workdir: P
 
 
 def test_a_second_process_writing_the_same_run_is_refused(workdir: Path) -> None:
-    first = run_cli(workdir, *FIT, "--trainer.max_epochs", "1")
+    first = cli(workdir, *FIT, "--trainer.max_epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     longer = (*FIT, "--trainer.max_epochs", "40", "--ckpt_path", "last", *SLOW_VALIDATION)
     writer = start_cli(workdir, *longer)
     try:
         wait_for(workdir / "validating", writer)
-        second = run_cli(workdir, *longer)
+        second = cli(workdir, *longer)
         assert_one_clear_line(second, "lightning_logs/version_0 is in use", f"PID {writer.pid}")
     finally:
         writer.kill()
@@ -159,13 +160,13 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 sys.argv[0] = "mnistlit"
-from mnistlit.cli import main
+from mnistlit.runs.cli import main
 main()
 """
 
 
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_state(workdir: Path) -> None:
-    first = run_cli(workdir, *FIT, "--trainer.max_epochs", "1")
+    first = cli(workdir, *FIT, "--trainer.max_epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     run = workdir / "lightning_logs" / "version_0"
     saved = last_ckpt(workdir, 0).read_bytes()
@@ -198,7 +199,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_state(workd
     ids=["negative-lr", "t-max-0", "early-stopping-monitor", "checkpoint-monitor", "batch-over-the-set"],
 )
 def test_bad_training_values_stop_before_training_with_one_line(workdir: Path, args, message) -> None:
-    result = run_cli(workdir, "fit", *CONFIGS, *args)
+    result = cli(workdir, "fit", *CONFIGS, *args)
     assert_one_clear_line(result, message)
     assert "Epoch 0" not in result.stderr, "refused before the first step"
     assert runs(workdir) == [], "a run that failed before producing anything leaves no folder (case 13)"
@@ -206,14 +207,14 @@ def test_bad_training_values_stop_before_training_with_one_line(workdir: Path, a
 
 def test_a_run_shorter_than_an_epoch_ends_cleanly_with_its_last_checkpoint(workdir: Path) -> None:
     # Found while testing export: early stopping checked at the epoch's end found no val_acc there.
-    result = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_steps", "3")
+    result = cli(workdir, "fit", *CONFIGS, "--trainer.max_steps", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert step_of(last_ckpt(workdir, 0)) == 3
 
 
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
 def test_true_precisions_get_batches_in_the_networks_dtype(workdir: Path, precision: str) -> None:
-    result = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1", "--trainer.precision", precision)
+    result = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1", "--trainer.precision", precision)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -237,13 +238,13 @@ def test_a_stop_during_start_up_is_one_line(workdir: Path, stop) -> None:
 def test_a_one_cycle_schedule_follows_the_batch_size_and_the_epochs(workdir: Path) -> None:
     speedrun = ("fit", "--config", str(ROOT / "configs" / "speedrun.yaml"), "--config", "tiny.yaml")
     # 175 steps an epoch for 3 epochs: more than any length the config could have fixed by hand.
-    result = run_cli(workdir, *speedrun, "--data.batch_size", "8", "--trainer.max_epochs", "3")
+    result = cli(workdir, *speedrun, "--data.batch_size", "8", "--trainer.max_epochs", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(last_ckpt(workdir, 0), map_location="cpu", weights_only=True)
     assert state["global_step"] == 3 * 175
     assert state["lr_schedulers"][0]["total_steps"] == 3 * 175
 
-    longer = run_cli(
+    longer = cli(
         workdir, *speedrun, "--data.batch_size", "8", "--trainer.max_epochs", "4", "--ckpt_path", "last"
     )
     assert_one_clear_line(longer, "OneCycleLR lasts 525 steps but this run needs 700")
@@ -265,7 +266,7 @@ def test_a_one_cycle_schedule_follows_the_batch_size_and_the_epochs(workdir: Pat
 )
 def test_parser_errors_are_one_line(workdir: Path, args, phrase) -> None:
     (workdir / "broken.yaml").write_text("trainer: [max_epochs: 1\n")
-    result = run_cli(workdir, "fit", *args)
+    result = cli(workdir, "fit", *args)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("mnistlit: error: ") and phrase in line
@@ -297,12 +298,13 @@ def trained(tmp_path_factory) -> Path:
 
     workdir = tmp_path_factory.mktemp("trained")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    result = run_cli(workdir, "fit", *CONFIGS)
+    result = cli(workdir, "fit", *CONFIGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
 def predict(workdir: Path, predict_dir: str) -> subprocess.CompletedProcess:
+    # A process of its own, with a timeout: a FIFO opened by mistake would block forever.
     return run_cli(
         workdir, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", predict_dir, timeout=120
     )
@@ -352,7 +354,7 @@ def test_a_file_name_that_looks_like_a_glob_is_read_literally(trained: Path) -> 
 PEAK_MEMORY_OF_A_48_MEGAPIXEL_PHOTO = r"""
 import re
 from PIL import Image, ImageDraw
-from mnistlit.images import preprocess_image
+from mnistlit.deploy.images import preprocess_image
 
 def peak_kb():
     return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1))
@@ -367,7 +369,7 @@ print(peak_kb() - before, int(digit.max()))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_a_large_photo_is_shrunk_before_any_float_copy() -> None:
-    from mnistlit.images import preprocess_image
+    from mnistlit.deploy.images import preprocess_image
 
     from .test_pictures import assert_mnist_like
 
@@ -387,7 +389,7 @@ def test_a_large_photo_is_shrunk_before_any_float_copy() -> None:
 
 def test_predict_under_ddp_is_refused_with_one_line(trained: Path) -> None:
     ddp = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
-    result = run_cli(trained, "predict", *CONFIGS, "--ckpt_path", "best", *ddp)
+    result = cli(trained, "predict", *CONFIGS, "--ckpt_path", "best", *ddp)
     assert_one_clear_line(result, "predict runs in one process")
 
 
@@ -405,7 +407,7 @@ def test_predict_under_ddp_is_refused_with_one_line(trained: Path) -> None:
 )
 def test_an_unloadable_checkpoint_says_why(workdir: Path, make, reason) -> None:
     make(workdir / "bad.ckpt")
-    assert_one_clear_line(run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "bad.ckpt"), "bad.ckpt", reason)
+    assert_one_clear_line(cli(workdir, "test", *CONFIGS, "--ckpt_path", "bad.ckpt"), "bad.ckpt", reason)
 
 
 def test_sigterm_during_test_says_test_did_not_finish(trained: Path) -> None:
@@ -427,7 +429,7 @@ def test_sigterm_during_test_says_test_did_not_finish(trained: Path) -> None:
 
 def test_the_nan_message_names_the_last_checkpoint_that_was_saved(workdir: Path) -> None:
     poisoned = ("--trainer.callbacks+", "tests.probes.PoisonAtStep12", "--trainer.log_every_n_steps", "3")
-    result = run_cli(workdir, *FIT, *poisoned)
+    result = cli(workdir, *FIT, *poisoned)
     assert_one_clear_line(
         result,
         "nan/inf at step 12",

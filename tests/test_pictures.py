@@ -15,13 +15,13 @@ import torch
 from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from mnistlit.augment import HandwritingShifts
-from mnistlit.images import load_digits, preprocess_image
-from mnistlit.pictures import as_augmented
-from mnistlit.plots import digit_grid
-from mnistlit.preprocess import MNIST_CENTRE
+from mnistlit.core.augment import HandwritingShifts
+from mnistlit.deploy.images import load_digits, preprocess_image
+from mnistlit.deploy.preprocess import MNIST_CENTRE
+from mnistlit.runs.pictures import as_augmented
+from mnistlit.runs.plots import digit_grid
 
-from .conftest import CONFIGS, draw_digits, run_cli, tiny_config, write_synthetic_mnist
+from .conftest import CONFIGS, cli, draw_digits, tiny_config, write_synthetic_mnist
 
 
 def draw_seven(size=(400, 300), origin=(250, 40), ink=0, paper=255, mode="L") -> Image.Image:
@@ -89,7 +89,7 @@ def fitted_and_tested(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("pictures")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=3)
     for args in (("fit", *CONFIGS), ("test", *CONFIGS, "--ckpt_path", "best")):
-        result = run_cli(workdir, *args)
+        result = cli(workdir, *args)
         assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -177,7 +177,7 @@ def test_predict_on_a_folder_of_images(fitted_and_tested: Path) -> None:
     draw_seven().save(folder / "seven.png")
     draw_seven(size=(120, 200), origin=(10, 5)).convert("RGB").save(folder / "small_seven.jpg")
     (folder / "notes.png").write_text("not an image")
-    result = run_cli(
+    result = cli(
         fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "my_digits"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,9 +195,7 @@ def test_predict_on_a_folder_of_images(fitted_and_tested: Path) -> None:
 
 def test_a_predict_dir_without_images_is_one_clear_line(fitted_and_tested: Path) -> None:
     (fitted_and_tested / "empty").mkdir(exist_ok=True)
-    result = run_cli(
-        fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "empty"
-    )
+    result = cli(fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "empty")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no images" in result.stderr.strip().splitlines()[-1]
 
@@ -205,9 +203,9 @@ def test_a_predict_dir_without_images_is_one_clear_line(fitted_and_tested: Path)
 def test_python_use_in_three_lines(fitted_and_tested: Path) -> None:
     (best,) = (fitted_and_tested / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
     code = (
-        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier\n"
+        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier, classify\n"
         "model = LitClassifier.load_from_checkpoint(sys.argv[1])\n"
-        "digit, probability = model.classify(Image.open(sys.argv[2]))\n"
+        "digit, probability = classify(model, Image.open(sys.argv[2]))\n"
         "print(digit, probability)\n"
     )
     draw_seven().save(fitted_and_tested / "seven_for_python.png")

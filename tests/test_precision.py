@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistlit import precision
+from mnistlit.runs import precision
 
 
 @pytest.mark.parametrize("accelerator", ["cpu", "auto"])

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlit.precision import cpu_bf16_instructions
-from mnistlit.runs import resolve
+from mnistlit.runs.folders import resolve
+from mnistlit.runs.precision import cpu_bf16_instructions
 
 from .conftest import (
     CONFIGS,
     FIT,
     assert_one_clear_line,
     assert_same_weights,
+    cli,
     copy_reference,
     last_ckpt,
-    run_cli,
     start_cli,
     weights,
 )
@@ -61,7 +61,7 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(
         assert last_line.startswith(f"mnistlit: stopped by {name} at step {stopped_at}; saved "), last_line
         assert "Traceback" not in stderr and "weights_only" not in stderr
 
-    resumed = run_cli(workdir, *FIT, "--ckpt_path", "last")
+    resumed = cli(workdir, *FIT, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "lightning_logs/version_1/checkpoints/last.ckpt" in resumed.stderr + resumed.stdout
 
@@ -84,11 +84,11 @@ def test_a_finished_run_continued_from_its_last_checkpoint_matches_a_longer_run(
     workdir: Path, reference_run
 ) -> None:
     copy_reference(reference_run, workdir)
-    short = run_cli(workdir, *FIT, "--trainer.max_epochs", "1")
+    short = cli(workdir, *FIT, "--trainer.max_epochs", "1")
     assert short.returncode == 0, short.stderr[-3000:]
     assert torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["global_step"] == 44
 
-    continued = run_cli(workdir, *FIT, "--ckpt_path", "last")
+    continued = cli(workdir, *FIT, "--ckpt_path", "last")
     assert continued.returncode == 0, continued.stderr[-3000:]
     assert torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["global_step"] == 4 * 44
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
@@ -97,7 +97,7 @@ def test_a_finished_run_continued_from_its_last_checkpoint_matches_a_longer_run(
 @pytest.mark.slow
 def test_a_bf16_mixed_run_killed_at_any_step_resumes_to_bit_identical_weights(workdir: Path) -> None:
     bf16 = (*FIT, "--trainer.precision", "bf16-mixed")
-    whole = run_cli(workdir, *bf16)
+    whole = cli(workdir, *bf16)
     assert whole.returncode == 0, whole.stderr[-3000:]
     chosen = (
         "bf16-mixed: this CPU computes bf16" if cpu_bf16_instructions() else "32-true: bf16-mixed was asked"
@@ -108,7 +108,7 @@ def test_a_bf16_mixed_run_killed_at_any_step_resumes_to_bit_identical_weights(wo
     wait_for_checkpoint(last_ckpt(workdir, 1), process, at_least=random.randrange(5, 140))
     process.kill()
     process.communicate(timeout=120)
-    resumed = run_cli(workdir, *bf16, "--ckpt_path", "last")
+    resumed = cli(workdir, *bf16, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
     assert all(
@@ -127,7 +127,7 @@ class _CreatesAFile:
 def test_a_checkpoint_whose_pickle_would_run_code_is_refused(workdir: Path) -> None:
     marker = workdir / "pwned"
     torch.save({"state_dict": {}, "payload": _CreatesAFile(marker)}, workdir / "evil.ckpt")
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "evil.ckpt")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "evil.ckpt")
     assert_one_clear_line(result, "cannot load checkpoint evil.ckpt", "refusing to load it")
     assert not marker.exists()
 
@@ -143,7 +143,7 @@ def good_checkpoint(tmp_path_factory) -> bytes:
 
     workdir = tmp_path_factory.mktemp("good")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    result = run_cli(workdir, "fit", *CONFIGS)
+    result = cli(workdir, "fit", *CONFIGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return last_ckpt(workdir, 0).read_bytes()
 
@@ -159,23 +159,23 @@ def good_checkpoint(tmp_path_factory) -> bytes:
 )
 def test_a_damaged_checkpoint_is_one_clear_line(workdir: Path, good_checkpoint: bytes, make, message) -> None:
     (workdir / "bad.ckpt").write_bytes(make(good_checkpoint))
-    assert_one_clear_line(run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "bad.ckpt"), message)
+    assert_one_clear_line(cli(workdir, "test", *CONFIGS, "--ckpt_path", "bad.ckpt"), message)
 
 
 def test_a_file_that_is_not_a_lightning_checkpoint_is_refused(workdir: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, workdir / "plain.pt")
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "plain.pt")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "plain.pt")
     assert_one_clear_line(result, "plain.pt", "not a Lightning checkpoint")
 
 
 def test_a_checkpoint_of_another_model_is_refused(workdir: Path) -> None:
     other = {"state_dict": {"encoder.weight": torch.zeros(4, 4)}, "hyper_parameters": {"hidden_size": 4}}
     torch.save(other, workdir / "other.ckpt")
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "other.ckpt")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "other.ckpt")
     assert_one_clear_line(result, "other.ckpt")
 
     torch.save({"state_dict": {"net.layers.0.weight": torch.zeros(1)}}, workdir / "shape.ckpt")
-    result = run_cli(workdir, "test", *CONFIGS, "--ckpt_path", "shape.ckpt")
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "shape.ckpt")
     assert_one_clear_line(result, "shape.ckpt does not fit this model")
 
 
@@ -193,21 +193,19 @@ def test_a_checkpoint_of_another_model_is_refused(workdir: Path) -> None:
 )
 def test_a_bad_value_stops_before_training_with_one_line(workdir: Path, args, message) -> None:
     (workdir / "a_file").write_text("a file where a folder is expected")
-    result = run_cli(workdir, "fit", *CONFIGS, *args)
+    result = cli(workdir, "fit", *CONFIGS, *args)
     assert_one_clear_line(result, message)
     assert not list(workdir.glob("**/*.ckpt"))
 
 
 def test_a_wrong_type_is_refused_by_the_parser(workdir: Path) -> None:
-    result = run_cli(workdir, "fit", *CONFIGS, "--data.batch_size", "many")
+    result = cli(workdir, "fit", *CONFIGS, "--data.batch_size", "many")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "batch_size" in result.stderr
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_only_finite_checkpoints(workdir: Path) -> None:
-    result = run_cli(
-        workdir, *FIT, "--model.optimizer.init_args.lr", "1e12", "--trainer.log_every_n_steps", "3"
-    )
+    result = cli(workdir, *FIT, "--model.optimizer.init_args.lr", "1e12", "--trainer.log_every_n_steps", "3")
     assert_one_clear_line(result, "the training loss became nan/inf at step", "stopped without saving")
     for path in workdir.glob("lightning_logs/*/checkpoints/*.ckpt"):
         assert all(torch.isfinite(t).all() for t in weights(path).values()), path
@@ -228,10 +226,10 @@ def test_two_runs_started_together_get_their_own_folders(workdir: Path) -> None:
 
 
 def test_resuming_from_a_checkpoint_outside_the_runs_folder_starts_a_new_run(workdir: Path) -> None:
-    first = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    first = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     (workdir / "copied.ckpt").write_bytes(last_ckpt(workdir, 0).read_bytes())
-    resumed = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "2", "--ckpt_path", "copied.ckpt")
+    resumed = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "2", "--ckpt_path", "copied.ckpt")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert last_ckpt(workdir, 1).is_file()
     resumed_state = torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)

@@ -80,7 +80,7 @@ def test_the_newest_run_of_each_recipe_is_found(tmp_path: Path) -> None:
             (folder / f"best-{version}.ckpt").write_bytes(b"")
 
     strong = yaml.safe_load((ROOT / "configs" / "strong.yaml").read_text())
-    base = {"trainer": {"max_epochs": 15}, "model": {"net": {"class_path": "mnistlit.nets.Net"}}}
+    base = {"trainer": {"max_epochs": 15}, "model": {"net": {"class_path": "mnistlit.core.nets.Net"}}}
     run(0, base)
     run(1, strong)
     run(2, {**strong, "trainer": {"max_epochs": 1}})  # a shortened run is not the recipe

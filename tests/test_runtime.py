@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnistlit.module import LitClassifier
-from mnistlit.runtime import CachedCudaCheck
+from mnistlit.core.module import LitClassifier
+from mnistlit.runs.process import CachedCudaCheck
 
 VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
 

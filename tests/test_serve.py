@@ -12,10 +12,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnistlit.module import LitClassifier
-from mnistlit.serve import Classifier, create_app
+from mnistlit.core.module import LitClassifier
+from mnistlit.deploy.serve import Classifier, create_app
 
-from .conftest import CONFIGS, run_cli, start_cli
+from .conftest import CONFIGS, cli, start_cli
 from .test_lossless import png_header_only
 from .test_pictures import draw_seven
 
@@ -33,7 +33,7 @@ PNG = {"content-type": "image/png"}
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     torch.manual_seed(0)
-    classifier = Classifier(LitClassifier(), [str(d) for d in range(10)], {"net": "mnistlit.nets.Net"})
+    classifier = Classifier(LitClassifier(), [str(d) for d in range(10)], {"net": "mnistlit.core.nets.Net"})
     return TestClient(create_app(classifier, max_upload_bytes=200_000))
 
 
@@ -52,7 +52,7 @@ def test_health_names_the_model(client: TestClient) -> None:
     answer = client.get("/health")
     assert answer.status_code == 200 and answer.json() == {
         "status": "ok",
-        "model": {"net": "mnistlit.nets.Net"},
+        "model": {"net": "mnistlit.core.nets.Net"},
     }
 
 
@@ -126,7 +126,7 @@ def test_bad_input_is_a_4xx_json_error(client: TestClient, request_kwargs, statu
 
 
 def test_the_server_stops_cleanly_on_sigterm_and_frees_its_port(workdir) -> None:
-    fitted = run_cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     server = start_cli(workdir, "serve", *CONFIGS, "--ckpt_path", "best", "--port", "0")
     try:
@@ -134,7 +134,7 @@ def test_the_server_stops_cleanly_on_sigterm_and_frees_its_port(workdir) -> None
         assert line.startswith("serving on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
         port = int(line.split("127.0.0.1:")[1].split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
-            assert b'"net":"mnistlit.nets.Net"' in r.read()
+            assert b'"net":"mnistlit.core.nets.Net"' in r.read()
         stopped_at = time.monotonic()
         server.send_signal(signal.SIGTERM)
         stdout, stderr = server.communicate(timeout=10)

@@ -11,10 +11,18 @@ import torch
 from PIL import Image
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnistlit.datasets import FASHION_MNIST, KMNIST, MNIST, IDXDataset, dataset_named, idx_bytes, read_idx
-from mnistlit.errors import MnistlitError
-from mnistlit.preprocess import mnist_digit
-from mnistlit.sources import _NumpyArraysOnly, ensure_files, mnist_from_pickle
+from mnistlit.core.datasets import (
+    FASHION_MNIST,
+    KMNIST,
+    MNIST,
+    IDXDataset,
+    dataset_named,
+    idx_bytes,
+    read_idx,
+)
+from mnistlit.core.errors import MnistlitError
+from mnistlit.deploy.preprocess import mnist_digit
+from mnistlit.runs.sources import _NumpyArraysOnly, ensure_files, mnist_from_pickle
 
 from .conftest import FILES, draw_digits, write_synthetic_mnist
 

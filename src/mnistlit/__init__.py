@@ -1,17 +1,33 @@
-"""mnistlit: MNIST trained the Lightning way (DataModule, LightningModule, LightningCLI)."""
+"""mnistlit: MNIST trained the Lightning way (DataModule, LightningModule, LightningCLI).
+
+``core/`` is the example to copy; ``runs/`` makes every run safe and visible; ``deploy/`` is the
+model's life after training (docs/architecture.md).
+"""
 
 import importlib
 
-__all__ = ["LitClassifier", "MNISTDataModule", "Net", "SpeedrunNet", "preprocess_image"]
+__all__ = [
+    "LitClassifier",
+    "MNISTDataModule",
+    "Net",
+    "SpeedrunNet",
+    "StrongNet",
+    "Trainer",
+    "classify",
+    "preprocess_image",
+]
 
 # Imported on first use, so that `python -m mnistlit` can set up its signal handling before
 # torch and Lightning load (seconds on a small CPU).
 _HOMES = {
-    "LitClassifier": "mnistlit.module",
-    "MNISTDataModule": "mnistlit.data",
-    "Net": "mnistlit.nets",
-    "SpeedrunNet": "mnistlit.nets",
-    "preprocess_image": "mnistlit.images",
+    "LitClassifier": "mnistlit.core.module",
+    "MNISTDataModule": "mnistlit.runs.data",
+    "Net": "mnistlit.core.nets",
+    "SpeedrunNet": "mnistlit.core.nets",
+    "StrongNet": "mnistlit.core.nets",
+    "Trainer": "mnistlit.runs.trainer",
+    "classify": "mnistlit.deploy.images",
+    "preprocess_image": "mnistlit.deploy.images",
 }
 
 

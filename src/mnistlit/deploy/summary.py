@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-import lightning as L
+from mnistlit.core.data import MNISTDataModule
+from mnistlit.core.module import LitClassifier
 
 
-def summary(path: str | Path, checkpoint: dict, model: L.LightningModule, datamodule) -> dict:
+def summary(path: str | Path, checkpoint: dict, model: LitClassifier, datamodule: MNISTDataModule) -> dict:
     """The network, dataset, training progress and best validation accuracy of a checkpoint,
     with ``model`` and ``datamodule`` built from it (the CLI takes their settings from the file)."""
     net = model.hparams.get("net") or {"class_path": type(model.net).__qualname__}

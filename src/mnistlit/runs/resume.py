@@ -37,7 +37,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Again at the same step: the callbacks' states are final now (the history's last row).
-        if not trainer.fast_dev_run:
+        if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors at run time
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
@@ -57,7 +57,7 @@ class ExactResume(L.Callback):
         self._restored: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state()}
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -155,7 +155,7 @@ class StopOnSignal(L.Callback):
         at_step_end = isinstance(exception, SIGTERMException) or (
             isinstance(exception, RunStopped) and self._ctrl_c
         )
-        if stage == "fit" and self._training and at_step_end and last is not None:
+        if stage == "fit" and self._training and at_step_end and last is not None and last.dirpath:
             path = Path(last.dirpath) / "last.ckpt"
             trainer.save_checkpoint(path, weights_only=False)
             self.outcome = (
@@ -173,4 +173,5 @@ class StopOnSignal(L.Callback):
             kept = f"; {saved} holds the last saved state" if saved is not None and saved.is_file() else ""
             self.outcome = f"stopped by {name} {when}; nothing was saved{kept}"
         else:
-            self.outcome = f"stopped by {name}; {stage.value} did not finish and wrote no results"
+            what = stage.value if stage is not None else "the run"
+            self.outcome = f"stopped by {name}; {what} did not finish and wrote no results"

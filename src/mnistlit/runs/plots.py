@@ -1,7 +1,6 @@
 """Drawing the figures: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mnistlit.errors import MnistlitError  # noqa: E402
+from mnistlit.core.errors import MnistlitError  # noqa: E402
+from mnistlit.files import atomic_write  # noqa: E402
 
 
 def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Figure:
@@ -62,19 +62,16 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str]) -> Figure:
         for predicted in ticks:
             if (value := int(counts[true, predicted])) > 0:
                 color = "white" if value > threshold else "black"
-                ax.text(predicted, true, value, ha="center", va="center", fontsize=7, color=color)
+                ax.text(predicted, true, str(value), ha="center", va="center", fontsize=7, color=color)
     figure.tight_layout()
     return figure
 
 
 def save(figure: Figure, path: Path) -> None:
     """Write the figure as PNG (atomically: a viewer refreshing it never sees half a file) and free it."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.png")
     try:
-        figure.savefig(partial, dpi=100)
-        partial.replace(path)
+        atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
     except OSError as e:
-        partial.unlink(missing_ok=True)
         raise MnistlitError(f"could not write {path}: {e.strerror or e}") from e
     finally:
         plt.close(figure)

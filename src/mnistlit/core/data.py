@@ -1,35 +1,26 @@
-"""MNISTDataModule: verified IDX files -> uint8 tensors in memory -> batches cut by indexing."""
+"""MNISTDataModule: IDX files -> uint8 tensors in memory -> batches cut by indexing.
 
-import sys
+This one reads files that are already in ``data_dir``. ``mnistlit.MNISTDataModule`` (runs/data.py)
+adds what a tool needs around it: fetching and verifying the files, and predicting image files.
+"""
+
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
 import lightning as L
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters  # private: see pyproject
 
-from mnistlit.augment import RandomAffine
-from mnistlit.batches import InMemoryDigits, ResumableBatches, split_indices
-from mnistlit.datasets import IDXDataset, dataset_named, read_idx
-from mnistlit.errors import MnistlitError
-from mnistlit.images import MAX_IMAGE_PIXELS, image_files, load_digits
-from mnistlit.sources import ensure_files
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-def unit_range(digits: torch.Tensor) -> torch.Tensor:
-    """uint8 digits (B, 28, 28) as float (B, 1, 28, 28) in [0, 1]: what augmentation works on."""
-    return digits.unsqueeze(1).float().div_(255)
-
-
-def standardize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images scaled with MNIST's mean and standard deviation, in the channels_last layout
-    every network here is kept in (faster convolutions on CPUs)."""
-    return images.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=torch.channels_last)
+from mnistlit.core.augment import RandomAffine
+from mnistlit.core.batches import InMemoryDigits, ResumableBatches, split_indices
+from mnistlit.core.datasets import IDXDataset, dataset_named, read_idx
+from mnistlit.core.errors import MnistlitError
+from mnistlit.core.inputs import standardize, unit_range
 
 
 class DigitData(Protocol):
-    """What the callbacks in ``reports.py`` ask of a datamodule; MNISTDataModule provides it.
+    """What mnistlit's callbacks (history, pictures, predictions) ask of a datamodule.
 
     A datamodule of another dataset works with every callback when it has these attributes
     and its predict loader answers ``indices_of(batch_idx)`` (see ResumableBatches).
@@ -52,10 +43,6 @@ class MNISTDataModule(L.LightningDataModule):
         dataset: ``mnist``, ``fashion_mnist`` or ``kmnist``, or any MNIST-format dataset
             given by its file names, checksums, mirrors and class names. All are scaled with
             MNIST's mean and standard deviation.
-        predict_dir: images to predict instead of the test set: a folder (PNG, JPEG, BMP,
-            GIF, TIFF, WebP), one file, or a glob pattern. Each is turned into an MNIST-like
-            digit first.
-        max_image_pixels: images with more pixels are skipped before they are decoded.
         augment: a random transform of training batches on the device (e.g. RandomAffine);
             validation, test and prediction batches are never augmented.
     """
@@ -67,38 +54,50 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 42,
         dataset: str | IDXDataset = "mnist",
-        predict_dir: str | None = None,
         augment: RandomAffine | None = None,
-        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise MnistlitError(f"data.batch_size must be at least 1, got {batch_size}")
         if val_size < 1:
             raise MnistlitError(f"data.val_size must be at least 1, got {val_size}")
-        self.save_hyperparameters()
+        # Under LightningCLI the hyperparameters are the config. From plain Python the dataset and
+        # the augmentation are objects, which a weights_only load refuses: the dataset is kept as
+        # plain data (checkpoints compare it on resume), the augmentation is left out.
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if from_config else ["augment"])
+        if not from_config and isinstance(dataset, IDXDataset):
+            self.hparams["dataset"] = asdict(dataset)
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.val_size = val_size
         self.split_seed = split_seed
         self.dataset = dataset_named(dataset) if isinstance(dataset, str) else dataset
-        self.predict_dir = predict_dir
         self.augment = augment
-        self.max_image_pixels = max_image_pixels
         self.class_names = list(self.dataset.classes)
         self.num_classes = len(self.class_names)
         self.predict_items: list[str] | None = None
         self.train_set: InMemoryDigits | None = None
+        self.shuffle_seed: int | None = None  # saved in checkpoints, so a resumed run keeps its orders
 
     def prepare_data(self) -> None:
-        if self.trainer is not None and self.trainer.predicting and self.predict_dir is not None:
-            return  # predicting the user's own images needs no dataset
-        ensure_files(self.dataset, self.data_dir)
+        missing = [name for name in self.dataset.files if not (self.folder / name).is_file()]
+        if missing:
+            raise MnistlitError(
+                f"{self.folder} lacks {', '.join(missing)}: put the dataset's files there "
+                "(mnistlit.MNISTDataModule fetches and verifies them)"
+            )
+
+    @property
+    def folder(self) -> Path:
+        """Where the dataset's four files are: ``data_dir/<dataset name>``."""
+        return self.data_dir / self.dataset.name
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        folder = self.data_dir / self.dataset.name
-        train_images, train_labels, test_images, test_labels = (folder / name for name in self.dataset.files)
+        train_images, train_labels, test_images, test_labels = (
+            self.folder / name for name in self.dataset.files
+        )
         if stage in ("fit", "validate"):
             images, labels = read_idx(train_images), read_idx(train_labels).long()
             if self.val_size >= len(labels):
@@ -112,9 +111,7 @@ class MNISTDataModule(L.LightningDataModule):
                 )
             self.train_set = InMemoryDigits(images[train].to(device), labels[train].to(device))
             self.val_set = InMemoryDigits(images[val].to(device), labels[val].to(device))
-        if stage == "predict" and self.predict_dir is not None:
-            self.predict_set = self._images_to_predict()
-        elif stage in ("test", "predict"):
+        if stage in ("test", "predict"):
             self.test_set = InMemoryDigits(
                 read_idx(test_images).to(device), read_idx(test_labels).long().to(device)
             )
@@ -122,16 +119,29 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: InMemoryDigits, shuffle: bool = False) -> ResumableBatches:
         if self.trainer is None:
-            return ResumableBatches(dataset, self.batch_size, shuffle, seed=torch.initial_seed())
+            return ResumableBatches(dataset, self.batch_size, shuffle, seed=self._shuffle_seed())
         # The shuffling seed must be the same on every rank for the shards to be disjoint.
-        seed = self.trainer.strategy.broadcast(torch.initial_seed(), src=0)
+        seed = self.trainer.strategy.broadcast(self._shuffle_seed(), src=0)
         trainer = self.trainer
         return ResumableBatches(
             dataset, self.batch_size, shuffle, seed, trainer.global_rank, trainer.world_size,
             current_epoch=lambda: trainer.current_epoch,
         )  # fmt: skip
 
+    def _shuffle_seed(self) -> int:
+        """The run's seed of the epochs' orders: the process's torch seed, or a resumed run's own."""
+        if self.shuffle_seed is None:
+            self.shuffle_seed = torch.initial_seed()
+        return self.shuffle_seed
+
+    def state_dict(self) -> dict[str, int | None]:
+        return {"shuffle_seed": self.shuffle_seed}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        self.shuffle_seed = state_dict.get("shuffle_seed")
+
     def train_dataloader(self) -> ResumableBatches:
+        assert self.train_set is not None, "setup('fit') makes the training set"
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> ResumableBatches:
@@ -142,16 +152,6 @@ class MNISTDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> ResumableBatches:
         return self._loader(self.predict_set)
-
-    def _images_to_predict(self) -> InMemoryDigits:
-        files = image_files(self.predict_dir)
-        images, used, skipped = load_digits(files, self.max_image_pixels)
-        for file, reason in skipped:
-            print(f"mnistlit: skipped {file}: {reason}", file=sys.stderr)
-        if not used:
-            raise MnistlitError(f"data.predict_dir {self.predict_dir}: no images that could be read")
-        self.predict_items = [str(file) for file in used]
-        return InMemoryDigits(images, torch.full((len(used),), -1))
 
     def transfer_batch_to_device(
         self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dataloader_idx: int

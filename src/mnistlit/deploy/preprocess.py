@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 WORKING_SIDE = 1024
 # Where MNIST's digits have their centre of mass (row and column, 0-based pixel indices): 14.0,
 # not the field's middle 13.5. Measured over its test set; centring at 13.5 moved every digit
-# half a pixel up and left of what the networks were trained on (README, "Your own handwriting").
+# half a pixel up and left of what the networks were trained on (docs/handwriting.md).
 MNIST_CENTRE = 14.0
 
 

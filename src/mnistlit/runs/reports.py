@@ -1,7 +1,7 @@
 """What a run leaves for people in its folder: the epoch history and the predictions."""
 
 import csv
-import os
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +10,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 
-from mnistlit import plots
-from mnistlit.data import DigitData
-from mnistlit.errors import MnistlitError
+from mnistlit.core.data import DigitData
+from mnistlit.core.errors import MnistlitError
+from mnistlit.files import atomic_write
+from mnistlit.runs import plots
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -31,7 +32,7 @@ class EpochHistory(L.Callback):
     """One row of epoch metrics per epoch, written to ``history.csv`` in the run folder as
     each epoch ends and printed as a table when fit ends (the seed's ``dfhistory``).
     ``learning_curves.png`` is drawn from the rows when training ends or is stopped: drawing
-    it every epoch cost more than the steps it interrupted (README, Speed; TensorBoard is the
+    it every epoch cost more than the steps it interrupted (docs/speed.md; TensorBoard is the
     live view).
 
     A row is completed when the next epoch starts (or training ends): callbacks see
@@ -114,7 +115,7 @@ class EpochHistory(L.Callback):
             return
         metrics = trainer.callback_metrics
         row = {name: float(metrics[name]) if name in metrics else float("nan") for name in HISTORY_COLUMNS}
-        row.update(self._pending, seconds=now - self._started)
+        row.update(self._pending, seconds=now - (self._started if self._started is not None else now))
         self.rows.append(row)
         self._pending = None
         self._write(trainer)
@@ -124,15 +125,13 @@ class EpochHistory(L.Callback):
         if folder is None:
             return
         self.path = folder / "history.csv"
-        partial = self.path.with_name(f".history.csv.{os.getpid()}.partial")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
         try:
-            with open(partial, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-                writer.writeheader()
-                writer.writerows(self.rows)
-            os.replace(partial, self.path)  # a full disk never leaves half a history behind
+            atomic_write(self.path, table.getvalue().encode())  # never half a history, even on a full disk
         except OSError as e:
-            partial.unlink(missing_ok=True)
             reason = f"{e.strerror or e}; the previous one is unchanged"
             raise MnistlitError(f"could not write {self.path}: {reason}") from e
 
@@ -179,6 +178,7 @@ class PredictionFiles(L.Callback):
     def _open(self, mode: str):
         # File names that are not valid UTF-8 reach Python as surrogate escapes; written back
         # the same way, the CSV holds the name's original bytes.
+        assert self.path is not None, "on_predict_start chose the file"
         return open(self.path, mode, newline="", encoding="utf-8", errors="surrogateescape")
 
     def on_predict_batch_end(

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnistlit.data import standardize, unit_range
-from mnistlit.errors import MnistlitError, one_line
-from mnistlit.images import MAX_IMAGE_PIXELS, preprocess_image
+from mnistlit.core.errors import MnistlitError, one_line
+from mnistlit.core.inputs import DigitProbabilities
+from mnistlit.core.module import LitClassifier
+from mnistlit.deploy.images import MAX_IMAGE_PIXELS, preprocess_image
 
 MAX_UPLOAD_BYTES = 5_000_000
 
@@ -30,13 +31,15 @@ class Rejected(Exception):
 class Classifier:
     """A network in eval mode with what a client needs to read its answers."""
 
-    model: torch.nn.Module
+    model: LitClassifier
     class_names: list[str]
     info: dict
     max_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         self.model.eval()
+        self.device = next(self.model.parameters()).device
+        self.probabilities = DigitProbabilities(self.model.net).eval()
 
     def decode(self, data: bytes) -> Image.Image:
         """The image in ``data``, its size checked against ``max_pixels`` before it is decoded."""
@@ -58,9 +61,7 @@ class Classifier:
             digit = preprocess_image(self.decode(data))
         except (ValueError, OSError) as e:
             raise Rejected(422, one_line(e, 200)) from e
-        images = standardize(unit_range(digit[None]))
-        parameter = next(self.model.parameters())
-        probabilities = self.model(images.to(parameter.device, parameter.dtype)).softmax(1)[0].float().cpu()
+        probabilities = self.probabilities(digit[None].to(self.device))[0].float().cpu()
         best = int(probabilities.argmax())
         return {
             "digit": best,
@@ -89,6 +90,11 @@ def image_from_data_url(value: object) -> bytes:
         raise Rejected(400, "the image is not valid base64") from e
 
 
+async def _as_stream(body: bytes):
+    """The body, already read and size-checked, as the stream Starlette's form parser reads."""
+    yield body
+
+
 def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     """The FastAPI application: the page (``GET /``, static/index.html), ``POST /predict``,
     ``POST /predict/batch``, ``GET /health``."""
@@ -96,6 +102,7 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException, MultiPartParser
 
     app = FastAPI(title="mnistlit", description="Digits classified by a model trained with mnistlit.")
 
@@ -121,15 +128,17 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
             body += chunk
             if len(body) > max_upload_bytes:
                 raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
-        request._body = bytes(body)  # Starlette's own cache of the body: request.form() reads it from here
-        return request._body
+        return bytes(body)
 
     async def images_in(request: Request) -> list[bytes]:
         """Every image of a request: multipart files, a JSON ``image``/``images``, or the raw body."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await body_of(request)
         if kind == "multipart/form-data":
-            form = await request.form()
+            try:
+                form = await MultiPartParser(request.headers, _as_stream(body)).parse()
+            except MultiPartException as e:
+                raise Rejected(400, f"the multipart body cannot be read: {one_line(e, 100)}") from e
             return [await item.read() for _, item in form.multi_items() if hasattr(item, "read")]
         if kind == "application/json":
             try:
@@ -165,7 +174,7 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
                 results.append({"error": str(e)})
         return results
 
-    page = (resources.files("mnistlit") / "static" / "index.html").read_text(encoding="utf-8")
+    page = (resources.files("mnistlit.deploy") / "static" / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     async def draw_a_digit() -> str:

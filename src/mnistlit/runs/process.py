@@ -30,7 +30,7 @@ def keep_freed_memory() -> None:
 
     By default glibc raises its mmap threshold as large blocks are freed and trims the heap
     back to the OS, so after the first epoch every CPU training step page-faults thousands
-    of fresh pages (README, Speed). The same as exporting MALLOC_MMAP_THRESHOLD_ and
+    of fresh pages (docs/speed.md). The same as exporting MALLOC_MMAP_THRESHOLD_ and
     MALLOC_TRIM_THRESHOLD_; if either is exported, that setting is left as it is.
     """
     exported = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys()
@@ -53,7 +53,7 @@ class CachedCudaCheck(L.Callback):
     initialises CUDA before processes are forked. torch asks it in every ``optimizer.step()``
     (``current_accelerator(check_available=True)``), and the NVML route opens the NVML
     library each time, which doubles the cost of a small network's Adam step on a CPU machine
-    with torch's CUDA build (README, Speed). By ``on_train_start`` every process of the run
+    with torch's CUDA build (docs/speed.md). By ``on_train_start`` every process of the run
     has been launched, so the cached route is safe; the setting is put back when training ends.
     """
 

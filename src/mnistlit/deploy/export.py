@@ -9,7 +9,6 @@ scaling and the softmax are inside the graph. Needs the ``export`` extra for ONN
 import hashlib
 import io
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -19,24 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnistlit.data import standardize, unit_range
-from mnistlit.errors import MnistlitError, one_line
+from mnistlit.core.errors import MnistlitError, one_line
+from mnistlit.core.inputs import DigitProbabilities
+from mnistlit.files import partial_path, replace_synced, write_synced
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 INPUT, OUTPUT = "digits", "probabilities"
 MAX_PROBABILITY_DIFFERENCE = 1e-5
 VERIFY_BATCH = 500
-
-
-class DigitProbabilities(nn.Module):
-    """A network with the input scaling before it and the softmax after it."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, digits: torch.Tensor) -> torch.Tensor:
-        return self.net(standardize(unit_range(digits))).softmax(1)
 
 
 @dataclass
@@ -66,7 +55,7 @@ def metadata(about: dict, class_names: list[str], ckpt_path: str | Path) -> dict
 
     return {
         "classes": json.dumps(class_names),
-        "input": "uint8 (batch, 28, 28), light ink on black, as mnistlit.preprocess.mnist_digit makes it",
+        "input": "uint8 (batch, 28, 28), light ink on black, as mnistlit's preprocess.mnist_digit makes it",
         "output": "float32 (batch, classes) probabilities",
         "network": about["net"],
         "dataset": str(about["dataset"]),
@@ -118,6 +107,8 @@ def onnx_bytes(model: DigitProbabilities, metadata: dict[str, str]) -> bytes:
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the exporter wraps every failure in its own types
         raise MnistlitError(f"cannot export the network to ONNX: {_innermost(e)}") from e
+    if onnx_program is None:
+        raise MnistlitError("cannot export the network to ONNX: the exporter returned nothing")
     proto = onnx_program.model_proto
     onnx.helper.set_model_props(proto, metadata)
     return proto.SerializeToString()
@@ -139,12 +130,9 @@ def _innermost(error: BaseException) -> str:
 
 def write_partial(path: Path, data: bytes) -> Path:
     """``data`` in a temporary file beside ``path``, flushed to disk; its path."""
-    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")  # the suffix tells loaders the format
+    partial = partial_path(path)
     try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(partial, data)
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise MnistlitError(f"could not write {path}: {e.strerror or e}; nothing was exported") from e
@@ -226,7 +214,7 @@ def export(
             )
         written = []
         for format, partial in partials.items():
-            os.replace(partial, output / FORMATS[format])
+            replace_synced(partial, output / FORMATS[format])
             written.append(output / FORMATS[format])
         return written, summary
     finally:

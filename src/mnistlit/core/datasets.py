@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlit.errors import MnistlitError
+from mnistlit.core.errors import MnistlitError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Which numeric precision a run trains in, and why: bf16 only where the hardware computes it.
 
-Recipes opt in with ``trainer.precision: bf16-mixed`` (README, Results and Speed: 1.5–2× faster
+Recipes opt in with ``trainer.precision: bf16-mixed`` (docs/results.md and docs/speed.md: 1.5–2× faster
 epochs on a CPU with AMX; StrongNet's recipes keep their accuracy, the seed's Net loses 0.1–0.24%,
 so base.yaml stays fp32). A CPU without AVX512-BF16 or AMX emulates bf16 and runs it slower than
 fp32, so there the run falls back to ``32-true`` and says so.
@@ -12,10 +12,14 @@ BF16 = ("bf16-mixed", "bf16-true", "bf16")
 
 
 def cpu_bf16_instructions() -> str | None:
-    """The CPU's native bf16 instructions (``"AMX"``, ``"AVX512-BF16"``), or None."""
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+    """The CPU's native bf16 instructions (``"AMX"``, ``"AVX512-BF16"``), or None.
+
+    torch answers through private functions (tests/test_lightning_contract.py checks that they
+    exist, so a torch release that renames them fails there instead of training in fp32).
+    """
+    if torch.cpu._is_amx_tile_supported():
         return "AMX"
-    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+    if torch.cpu._is_avx512_bf16_supported():
         return "AVX512-BF16"
     return None
 

@@ -4,11 +4,12 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import IO
 
 from jsonargparse import Namespace
 
-from mnistlit.checkpoints import CHECKPOINT_ALIASES, load
-from mnistlit.errors import MnistlitError
+from mnistlit.core.errors import MnistlitError
+from mnistlit.runs.checkpoints import CHECKPOINT_ALIASES, load
 
 
 def runs_folder(trainer: Namespace) -> Path:
@@ -114,11 +115,9 @@ def reserve_run_folder(runs: Path) -> int:
             version += 1
 
 
-_held_locks: list = []  # open lock files: the kernel releases them when the process ends, however it ends
-
-
-def lock_run(run: Path) -> None:
-    """Make this process the only writer of the run folder ``run``, until it exits.
+def lock_run(run: Path) -> IO[str]:
+    """Make this process the only writer of the run folder ``run``, until it closes the returned
+    file or exits.
 
     ``flock`` is released by the kernel when the process dies, even by SIGKILL, so a lock
     is never left behind; a second writer is refused with the holder's PID.
@@ -142,7 +141,7 @@ def lock_run(run: Path) -> None:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
-    _held_locks.append(handle)
+    return handle
 
 
 def discard_if_unused(run: Path) -> None:

@@ -1,15 +1,17 @@
 """The callback that publishes a run's pictures: training digits, confusion matrix, mistakes, HParams."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from mnistlit import plots
-from mnistlit.data import DigitData, unit_range
-from mnistlit.reports import run_folder
+from mnistlit.core.data import DigitData
+from mnistlit.core.inputs import unit_range
+from mnistlit.runs import plots
+from mnistlit.runs.reports import run_folder
 
 
 def as_augmented(digits: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -42,7 +44,7 @@ class RunPictures(L.Callback):
                 }
             }
             experiment.add_custom_scalars(layout)
-        data: DigitData = trainer.datamodule
+        data: DigitData = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's connectors at run time
         dataset = data.train_set
         if dataset is not None:
             names = data.class_names
@@ -62,13 +64,21 @@ class RunPictures(L.Callback):
             self._log_hparams(trainer, pl_module, {"hp/best_val_acc": float(score)})
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        classes = len(trainer.datamodule.class_names)  # a DigitData
+        classes = len(trainer.datamodule.class_names)  # type: ignore[attr-defined]  # a DigitData
         self._counts = torch.zeros(classes, classes, dtype=torch.long, device=pl_module.device)
-        self._worst = (torch.empty(0, device=pl_module.device),) * 4  # confidence, image, label, prediction
+        # confidence, image, label, prediction
+        self._worst: tuple[torch.Tensor, ...] = (torch.empty(0, device=pl_module.device),) * 4
 
     def on_test_batch_end(
-        self, trainer, pl_module, outputs: torch.Tensor, batch, batch_idx, dataloader_idx=0
+        self,
+        trainer,
+        pl_module,
+        outputs: torch.Tensor | Mapping[str, Any] | None,
+        batch,
+        batch_idx,
+        dataloader_idx=0,
     ):
+        assert isinstance(outputs, torch.Tensor), "LitClassifier.test_step returns the probabilities"
         images, labels = batch
         confidence, predicted = outputs.max(dim=1)
         classes = self._counts.shape[0]
@@ -83,8 +93,9 @@ class RunPictures(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         counts = pl_module.all_gather(self._counts)
+        assert isinstance(counts, torch.Tensor)
         counts = counts.sum(0) if counts.dim() == 3 else counts
-        names = trainer.datamodule.class_names  # a DigitData
+        names = trainer.datamodule.class_names  # type: ignore[attr-defined]  # a DigitData
         self._publish(trainer, "confusion_matrix", lambda: plots.confusion_matrix(counts, names))
         confidence, images, labels, predicted = (t.cpu() for t in self._worst)
         titles = [
@@ -115,4 +126,4 @@ class RunPictures(L.Callback):
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
         if isinstance(trainer.logger, TensorBoardLogger) and metrics:
-            trainer.logger.log_hyperparams(pl_module.hparams, metrics)
+            trainer.logger.log_hyperparams(dict(pl_module.hparams), metrics)

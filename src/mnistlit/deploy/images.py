@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnistlit.errors import one_line
-from mnistlit.preprocess import mnist_digit
+from mnistlit.core.errors import one_line
+from mnistlit.core.inputs import DigitProbabilities
+from mnistlit.core.module import LitClassifier
+from mnistlit.deploy.preprocess import mnist_digit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Well under PIL's own bomb limit (179 MP): a 40 MP RGBA image decodes into 160 MB.
@@ -18,6 +20,17 @@ MAX_IMAGE_PIXELS = 40_000_000
 def preprocess_image(image: Image.Image) -> torch.Tensor:
     """A (28, 28) uint8 tensor, light ink on black, from a PIL image of any size and mode."""
     return torch.from_numpy(mnist_digit(image))
+
+
+@torch.inference_mode()
+def classify(model: LitClassifier, image: Image.Image) -> tuple[int, float]:
+    """The digit in a PIL image (a photo or scan of handwriting) and its probability, by a
+    LitClassifier."""
+    net = model.net.eval()
+    parameter = next(net.parameters())
+    digits = preprocess_image(image)[None].to(parameter.device)
+    probability, predicted = DigitProbabilities(net)(digits).max(1)
+    return int(predicted), float(probability)
 
 
 def image_files(pattern: str | Path) -> list[Path]:
