@@ -13,11 +13,12 @@ import torch
 
 from mnistlit.core.datasets import IDXDataset
 from mnistlit.runs.data import MNISTDataModule
-
-from .conftest import CONFIGS, ROOT, tiny_config, write_synthetic_mnist
-from .shard_recorder import image_digest
+from tests.helpers import CONFIGS, ROOT, tiny_config, write_synthetic_mnist
+from tests.shard_recorder import image_digest
 
 DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
+
+
 RECORD = ("--trainer.callbacks+", "tests.shard_recorder.RecordShards")
 
 

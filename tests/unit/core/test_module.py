@@ -1,9 +1,10 @@
+"""core/module.py and core/nets.py: LitClassifier and the networks."""
+
 import torch
 
 from mnistlit.core.module import LitClassifier
 from mnistlit.core.nets import Net, SpeedrunNet, StrongNet
-
-from .conftest import draw_digits
+from tests.helpers import draw_digits
 
 
 def test_the_seed_net_keeps_its_shape_and_parameter_count() -> None:

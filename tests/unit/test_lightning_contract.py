@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.core.mixins import hparams_mixin
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "mnistlit"
+SRC = Path(__file__).resolve().parents[2] / "src" / "mnistlit"
 
 
 def parameters(function) -> list[str]:

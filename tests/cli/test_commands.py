@@ -1,4 +1,5 @@
-"""The CLI end to end, in subprocesses, exactly as a user types it."""
+"""Every subcommand end to end, as a user types it (in-process through ``cli``, which reports what a
+new process would print and return)."""
 
 import csv
 import os
@@ -11,9 +12,15 @@ import torch
 import yaml
 
 from mnistlit.runs.precision import cpu_bf16_instructions
-
-from .conftest import BASE_CONFIG, CONFIGS, assert_one_clear_line, cli, tiny_config, write_synthetic_mnist
-from .test_pictures import draw_seven
+from tests.helpers import (
+    BASE_CONFIG,
+    CONFIGS,
+    assert_one_clear_line,
+    cli,
+    draw_seven,
+    tiny_config,
+    write_synthetic_mnist,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +32,25 @@ def fitted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     result = cli(workdir, "fit", *CONFIGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
+
+
+MMAPPED_BY_A_LARGE_ALLOCATION = """
+import ctypes, sys, torch
+from mnistlit.runs.process import keep_freed_memory
+
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+before = libc.mallinfo2().hblkhd
+block = torch.ones(2**21)  # 8 MB
+print(libc.mallinfo2().hblkhd - before)
+"""
 
 
 def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted) -> None:
@@ -241,25 +267,6 @@ def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> Non
     assert "net.layers.0.weight" in torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
 
 
-MMAPPED_BY_A_LARGE_ALLOCATION = """
-import ctypes, sys, torch
-from mnistlit.runs.process import keep_freed_memory
-
-FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-if sys.argv[1] == "keep":
-    keep_freed_memory()
-before = libc.mallinfo2().hblkhd
-block = torch.ones(2**21)  # 8 MB
-print(libc.mallinfo2().hblkhd - before)
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_large_blocks_come_from_the_kept_heap_not_from_fresh_mappings() -> None:
     """glibc maps a large block fresh from the OS (and unmaps it when freed) unless told otherwise."""
@@ -271,3 +278,29 @@ def test_large_blocks_come_from_the_kept_heap_not_from_fresh_mappings() -> None:
 
     assert mmapped_bytes("default") >= 8 * 2**20
     assert mmapped_bytes("keep") == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "."),
+        ("--trainer.logger", "false"),
+        ("--trainer.fast_dev_run", "2"),
+    ],
+    ids=["csv logger", "no logger", "fast_dev_run"],
+)
+def test_the_run_folder_does_not_depend_on_the_logger(workdir: Path, options: tuple[str, ...]) -> None:
+    fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1", *options)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    assert sorted(p.name for p in workdir.iterdir()) == ["data", "lightning_logs", "tiny.yaml"]
+    run = workdir / "lightning_logs" / "version_0"
+    assert (run / "history.csv").is_file() and (run / "train_digits.png").is_file()
+    if "--trainer.fast_dev_run" in options:  # Lightning's fast_dev_run saves no checkpoint and no config
+        return
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    tested = cli(workdir, "test", *CONFIGS, *options[:4], "--ckpt_path", "best")
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert (workdir / "lightning_logs" / "version_1" / "confusion_matrix.png").is_file()
+    resumed = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "2", *options, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len((run / "history.csv").read_text().splitlines()) == 3, "the run went on in its own folder"

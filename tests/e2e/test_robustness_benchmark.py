@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from skimage.filters import gaussian
 
-from .conftest import CLI_ENV, ROOT, draw_digits
+from tests.helpers import CLI_ENV, ROOT, draw_digits
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from corruptions import CORRUPTIONS, corrupt  # noqa: E402
@@ -26,6 +26,20 @@ def grey(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         return 255 - np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BOX))
     return np.asarray(image)
+
+
+def _closer_to_own_digit(corrupted: np.ndarray, clean: np.ndarray) -> float:
+    """The share of corrupted digits more like their own clean digit than like other labels' (blurred
+    correlation: a corrupted image keeps its label when it still looks like its digit)."""
+
+    def unit(images):
+        flat = np.stack([gaussian(x.astype(float), sigma=1) for x in images]).reshape(len(images), -1)
+        flat -= flat.mean(1, keepdims=True)
+        return flat / np.maximum(1e-9, np.linalg.norm(flat, axis=1, keepdims=True))
+
+    similarity = unit(corrupted) @ unit(clean).T
+    other = [similarity[i, LABELS[i] != LABELS].mean() for i in range(len(LABELS))]
+    return float(np.mean(np.diag(similarity) > other))
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
@@ -42,20 +56,6 @@ def test_a_corruption_is_a_28x28_image_the_same_every_time(name: str) -> None:
     assert np.array_equal(np.asarray(corrupt(name, DIGITS[:5], seed=0)[4]), np.asarray(first[4])), (
         "the first N images get the same corruption whatever N is"
     )
-
-
-def _closer_to_own_digit(corrupted: np.ndarray, clean: np.ndarray) -> float:
-    """The share of corrupted digits more like their own clean digit than like other labels' (blurred
-    correlation: a corrupted image keeps its label when it still looks like its digit)."""
-
-    def unit(images):
-        flat = np.stack([gaussian(x.astype(float), sigma=1) for x in images]).reshape(len(images), -1)
-        flat -= flat.mean(1, keepdims=True)
-        return flat / np.maximum(1e-9, np.linalg.norm(flat, axis=1, keepdims=True))
-
-    similarity = unit(corrupted) @ unit(clean).T
-    other = [similarity[i, LABELS[i] != LABELS].mean() for i in range(len(LABELS))]
-    return float(np.mean(np.diag(similarity) > other))
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)

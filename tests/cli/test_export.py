@@ -16,10 +16,18 @@ from mnistlit.core.errors import MnistlitError
 from mnistlit.core.module import LitClassifier
 from mnistlit.deploy import export
 from mnistlit.deploy.images import classify
-
-from .conftest import CLI_ENV, CONFIGS, ROOT, assert_one_clear_line, cli, draw_digits
-from .probes import AlwaysDropoutNet
-from .test_lossless import WITH_A_FULL_DISK
+from tests.helpers import (
+    CLI_ENV,
+    CONFIGS,
+    ROOT,
+    WITH_A_FULL_DISK,
+    assert_one_clear_line,
+    cli,
+    draw_digits,
+    tiny_config,
+    write_synthetic_mnist,
+)
+from tests.probes import AlwaysDropoutNet
 
 EXPORT = ("export", *CONFIGS, "--ckpt_path", "best")
 
@@ -27,7 +35,6 @@ EXPORT = ("export", *CONFIGS, "--ckpt_path", "best")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A folder with one trained run (version_0) and its default export."""
-    from .conftest import tiny_config, write_synthetic_mnist
 
     workdir = tmp_path_factory.mktemp("export")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
@@ -46,6 +53,15 @@ def best_of(workdir: Path) -> Path:
 
 def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+WITHOUT_TORCH = """
+import runpy, sys
+sys.modules["torch"] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+assert sys.modules["torch"] is None, "nothing imported torch"
+"""
 
 
 def test_both_formats_go_into_the_run_folder_checked_on_the_test_set(trained: Path) -> None:
@@ -97,16 +113,6 @@ def test_format_and_output_choose_what_is_written_and_where(trained: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     assert files_in(trained / "shipped") == ["model.onnx"]
     assert "pt2" not in result.stdout
-
-
-# Puts None in sys.modules["torch"], so that any import of torch fails, then runs the script.
-WITHOUT_TORCH = """
-import runpy, sys
-sys.modules["torch"] = None
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-assert sys.modules["torch"] is None, "nothing imported torch"
-"""
 
 
 def test_the_example_classifies_files_without_pytorch(trained: Path, tmp_path: Path) -> None:

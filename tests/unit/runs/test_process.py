@@ -1,3 +1,5 @@
+"""runs/process.py: the process settings every run gets."""
+
 import os
 
 import lightning as L

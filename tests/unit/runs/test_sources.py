@@ -1,3 +1,5 @@
+"""runs/sources.py and core/datasets.py: where the IDX files come from, and how they are verified."""
+
 import gzip
 import hashlib
 import io
@@ -23,8 +25,28 @@ from mnistlit.core.datasets import (
 from mnistlit.core.errors import MnistlitError
 from mnistlit.deploy.preprocess import mnist_digit
 from mnistlit.runs.sources import _NumpyArraysOnly, ensure_files, mnist_from_pickle
+from tests.helpers import FILES, draw_digits, write_synthetic_mnist
 
-from .conftest import FILES, draw_digits, write_synthetic_mnist
+
+def serve_gz(folder: Path, files: dict[str, bytes]) -> str:
+    """A local folder laid out like a download mirror; returns its file:// URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+    return folder.as_uri() + "/"
+
+
+class _CreatesAFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+@pytest.fixture(scope="module")
+def real_mnist(tmp_path_factory) -> Path:
+    return ensure_files(replace(MNIST, mirrors=[]), tmp_path_factory.mktemp("real"))
 
 
 def test_idx_files_round_trip(tmp_path: Path) -> None:
@@ -112,14 +134,6 @@ def test_one_corrupted_byte_is_caught_and_reported(tiny_data, capsys) -> None:
     assert f"{FILES[0]} has the wrong MD5" in capsys.readouterr().err
 
 
-def serve_gz(folder: Path, files: dict[str, bytes]) -> str:
-    """A local folder laid out like a download mirror; returns its file:// URL."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (folder / f"{name}.gz").write_bytes(gzip.compress(data))
-    return folder.as_uri() + "/"
-
-
 def test_sources_are_tried_in_order_and_a_mirror_repairs_a_bad_file(tmp_path: Path, capsys) -> None:
     good = tmp_path / "good"
     md5 = write_synthetic_mnist(good)
@@ -161,14 +175,6 @@ def test_a_dataset_without_a_checksum_for_each_file_is_refused() -> None:
         IDXDataset(md5={name: "0" for name in FILES[:3]})
 
 
-class _CreatesAFile:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.path),))
-
-
 def test_the_pickle_loader_admits_numpy_arrays_only(tmp_path: Path) -> None:
     arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64))
     loaded = _NumpyArraysOnly(io.BytesIO(pickle.dumps(arrays, protocol=4)), encoding="latin1").load()
@@ -187,11 +193,6 @@ def test_a_pickle_with_the_wrong_sha256_is_not_even_unpickled(tmp_path: Path) ->
     with pytest.raises(MnistlitError, match="SHA-256"):
         mnist_from_pickle(payload)
     assert not marker.exists()
-
-
-@pytest.fixture(scope="module")
-def real_mnist(tmp_path_factory) -> Path:
-    return ensure_files(replace(MNIST, mirrors=[]), tmp_path_factory.mktemp("real"))
 
 
 @pytest.mark.network

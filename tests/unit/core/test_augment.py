@@ -1,3 +1,5 @@
+"""core/augment.py: RandomAffine and HandwritingShifts on whole batches, on the device."""
+
 from types import SimpleNamespace
 
 import torch
@@ -6,13 +8,18 @@ from mnistlit.core.augment import HandwritingShifts, RandomAffine
 from mnistlit.core.datasets import IDXDataset
 from mnistlit.core.inputs import MNIST_MEAN, MNIST_STD
 from mnistlit.runs.data import MNISTDataModule
-
-from .conftest import draw_digits
+from tests.helpers import draw_digits
 
 
 def digits(count: int = 64) -> torch.Tensor:
     images, _ = draw_digits(count, seed=4)
     return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+
+EXTRAS = ("shear", "elastic", "stroke", "low_resolution", "blur", "noise", "specks", "lines")
+
+
+NO_EXTRAS = dict.fromkeys(EXTRAS, 0)
 
 
 def test_each_image_gets_its_own_transform_repeatably_with_a_seed() -> None:
@@ -42,10 +49,6 @@ def test_a_shift_moves_the_ink_and_fills_the_border_with_background() -> None:
     rows = torch.arange(28.0).view(1, 28, 1)
     centre = (shifted[:, 0] * rows).sum(dim=(1, 2)) / shifted[:, 0].sum(dim=(1, 2))
     assert centre.std() > 1.0
-
-
-EXTRAS = ("shear", "elastic", "stroke", "low_resolution", "blur", "noise", "specks", "lines")
-NO_EXTRAS = dict.fromkeys(EXTRAS, 0)
 
 
 def test_handwriting_shifts_without_their_extras_are_random_affine() -> None:

@@ -1,3 +1,5 @@
+"""core/data.py and core/batches.py: the DataModule, its splits and its resumable batches."""
+
 import pytest
 import torch
 
@@ -11,6 +13,15 @@ from mnistlit.runs.data import MNISTDataModule
 def make_datamodule(tiny_data, **kwargs) -> MNISTDataModule:
     data_dir, md5 = tiny_data
     return MNISTDataModule(data_dir=str(data_dir), dataset=IDXDataset(md5=md5, mirrors=[]), **kwargs)
+
+
+def numbered(count: int) -> InMemoryDigits:
+    """A dataset whose labels are the image indices, so batches show which images they hold."""
+    return InMemoryDigits(torch.zeros(count, 28, 28, dtype=torch.uint8), torch.arange(count))
+
+
+def labels_of(loader: ResumableBatches) -> list[int]:
+    return [label for _, labels in loader for label in labels.tolist()]
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
@@ -54,15 +65,6 @@ def test_training_batches_cover_the_training_set_once_per_epoch(tiny_data) -> No
     seen = torch.cat([images.flatten(1) for images, _ in dm.train_dataloader()])
     assert seen.shape[0] == len(dm.train_set)
     assert torch.equal(torch.unique(seen, dim=0), torch.unique(dm.train_set.images.flatten(1), dim=0))
-
-
-def numbered(count: int) -> InMemoryDigits:
-    """A dataset whose labels are the image indices, so batches show which images they hold."""
-    return InMemoryDigits(torch.zeros(count, 28, 28, dtype=torch.uint8), torch.arange(count))
-
-
-def labels_of(loader: ResumableBatches) -> list[int]:
-    return [label for _, labels in loader for label in labels.tolist()]
 
 
 def test_each_epoch_has_its_own_order_and_resumes_after_the_last_batch_served() -> None:

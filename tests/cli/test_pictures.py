@@ -9,79 +9,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from mnistlit.core.augment import HandwritingShifts
-from mnistlit.deploy.images import load_digits, preprocess_image
-from mnistlit.deploy.preprocess import MNIST_CENTRE
-from mnistlit.runs.pictures import as_augmented
-from mnistlit.runs.plots import digit_grid
-
-from .conftest import CONFIGS, cli, draw_digits, tiny_config, write_synthetic_mnist
-
-
-def draw_seven(size=(400, 300), origin=(250, 40), ink=0, paper=255, mode="L") -> Image.Image:
-    """A thick '7' drawn in ``ink`` on ``paper``, far from the centre of a large canvas."""
-    image = Image.new(mode, size, paper)
-    draw = ImageDraw.Draw(image)
-    x, y = origin
-    draw.line([(x, y), (x + 90, y)], fill=ink, width=14)
-    draw.line([(x + 90, y), (x + 30, y + 180)], fill=ink, width=14)
-    return image
-
-
-def centre_of_mass(image: torch.Tensor) -> tuple[float, float]:
-    weights = image.double()
-    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
-    return float((rows * weights).sum() / weights.sum()), float((cols * weights).sum() / weights.sum())
-
-
-def assert_mnist_like(digit: torch.Tensor) -> None:
-    assert digit.shape == (28, 28) and digit.dtype == torch.uint8
-    border = torch.cat([digit[0], digit[-1], digit[:, 0], digit[:, -1]])
-    assert border.float().mean() < 5, "background must be black"
-    assert digit.max() > 200, "ink must be light"
-    row, col = centre_of_mass(digit)
-    assert abs(row - MNIST_CENTRE) <= 0.5 and abs(col - MNIST_CENTRE) <= 0.5
-    rows, cols = torch.nonzero(digit > 50, as_tuple=True)
-    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in (19, 20, 21)
-
-
-def test_dark_ink_on_light_paper_off_centre_becomes_an_mnist_digit() -> None:
-    assert_mnist_like(preprocess_image(draw_seven()))
-
-
-def test_light_ink_on_dark_rgb_is_kept_the_right_way_round() -> None:
-    assert_mnist_like(preprocess_image(draw_seven(ink=(250, 250, 250), paper=(10, 20, 30), mode="RGB")))
-
-
-def test_a_transparent_png_uses_its_alpha_as_ink(tmp_path: Path) -> None:
-    image = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
-    ImageDraw.Draw(image).line([(40, 30), (60, 170)], fill=(0, 0, 0, 255), width=12)
-    image.save(tmp_path / "one.png")
-    with Image.open(tmp_path / "one.png") as loaded:
-        assert_mnist_like(preprocess_image(loaded))
-
-
-def test_a_16_bit_png_works(tmp_path: Path) -> None:
-    grey = np.asarray(draw_seven(), dtype=np.uint16) * 257
-    Image.fromarray(grey).save(tmp_path / "deep.png")
-    with Image.open(tmp_path / "deep.png") as loaded:
-        assert loaded.mode.startswith("I")
-        assert_mnist_like(preprocess_image(loaded))
-
-
-def test_unreadable_and_blank_files_are_skipped_and_the_rest_kept(tmp_path: Path) -> None:
-    draw_seven().save(tmp_path / "seven.jpg")
-    (tmp_path / "notes.png").write_text("this is text, not a picture")
-    Image.new("L", (50, 50), 255).save(tmp_path / "blank.bmp")
-    images, used, skipped = load_digits(sorted(tmp_path.iterdir()))
-    assert images.shape == (1, 28, 28) and used == [tmp_path / "seven.jpg"]
-    assert {path.name for path, _ in skipped} == {"notes.png", "blank.bmp"}
+from tests.helpers import (
+    CONFIGS,
+    cli,
+    draw_seven,
+    tiny_config,
+    write_synthetic_mnist,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +40,12 @@ def tags_by_plugin(run: Path) -> dict[str, set[str]]:
             for value in event.summary.value:
                 tags.setdefault(value.metadata.plugin_data.plugin_name, set()).add(value.tag)
     return tags
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_fit_leaves_history_curves_and_digits(fitted_and_tested: Path) -> None:
@@ -133,12 +77,6 @@ def test_test_leaves_confusion_matrix_and_mistakes(fitted_and_tested: Path) -> N
     assert "_hparams_/experiment" in tags["hparams"]
     if (run / "misclassified.png").exists():
         assert "misclassified" in tags["images"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_real_tensorboard_server_shows_the_scalars(fitted_and_tested: Path) -> None:
@@ -217,15 +155,3 @@ def test_python_use_in_three_lines(fitted_and_tested: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     digit, probability = result.stdout.split()
     assert 0 <= int(digit) <= 9 and 0 < float(probability) <= 1
-
-
-def test_the_augmented_training_digits_leave_the_runs_random_draws_alone() -> None:
-    digits = torch.from_numpy(draw_digits(9, seed=3)[0])
-    torch.manual_seed(123)
-    state = torch.get_rng_state()
-    first = as_augmented(digits, HandwritingShifts())
-    assert torch.equal(torch.get_rng_state(), state), "training draws exactly what it would have drawn"
-    assert torch.equal(as_augmented(digits, HandwritingShifts()), first), "the same picture every run"
-    assert first.shape == (9, 28, 28) and not torch.allclose(first, digits.float() / 255)
-    figure = digit_grid(torch.cat([digits, first]), ["label"] * 9 + ["as trained"] * 9, columns=9)
-    assert len([ax for ax in figure.axes if ax.images]) == 18

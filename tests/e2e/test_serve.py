@@ -14,10 +14,7 @@ from PIL import Image
 
 from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.serve import Classifier, create_app
-
-from .conftest import CONFIGS, cli, start_cli
-from .test_lossless import png_header_only
-from .test_pictures import draw_seven
+from tests.helpers import CONFIGS, cli, draw_seven, png_header_only, start_cli
 
 
 def png(image: Image.Image) -> bytes:
@@ -27,6 +24,8 @@ def png(image: Image.Image) -> bytes:
 
 
 SEVEN = png(draw_seven(size=(280, 280), origin=(90, 40)))
+
+
 PNG = {"content-type": "image/png"}
 
 

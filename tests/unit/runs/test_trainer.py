@@ -15,8 +15,7 @@ from mnistlit.core.datasets import IDXDataset
 from mnistlit.core.errors import MnistlitError
 from mnistlit.runs import precision
 from mnistlit.runs.cli import main
-
-from .conftest import CONFIGS, assert_same_weights, weights
+from tests.helpers import CONFIGS, assert_same_weights, tiny_config, weights
 
 QUIET = {"enable_model_summary": False, "enable_progress_bar": False, "deterministic": True}
 
@@ -34,6 +33,16 @@ def data(tiny_data, tmp_path: Path, monkeypatch) -> functools.partial:
 
 def files_in(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "tfevents" not in p.name}
+
+
+class LearningRates(Callback):
+    """The rate each optimizer step trained with."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
 def test_a_python_fit_writes_the_run_folder_the_cli_writes(data) -> None:
@@ -120,16 +129,6 @@ def test_without_a_run_folder_the_trainer_is_lightnings(data) -> None:
     assert Path(trainer.log_dir) == Path("lightning_logs/version_0")  # TensorBoard's own choice
 
 
-class LearningRates(Callback):
-    """The rate each optimizer step trained with."""
-
-    def __init__(self) -> None:
-        self.rates: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-
 def test_a_one_cycle_schedule_lasts_the_steps_a_limited_run_takes(data) -> None:
     one_cycle = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01, total_steps=None)
     model = LitClassifier(lr_scheduler=one_cycle, lr_scheduler_interval="step")
@@ -153,7 +152,6 @@ def test_a_monitor_the_model_never_logs_is_refused_before_training(data) -> None
 
 
 def test_config_yaml_records_the_precision_that_ran(tiny_data, tmp_path: Path, monkeypatch) -> None:
-    from .conftest import tiny_config
 
     _, md5 = tiny_data
     monkeypatch.chdir(tmp_path)

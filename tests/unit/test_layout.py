@@ -6,7 +6,9 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mnistlit"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "mnistlit"
+
+
 CORE_LIBRARIES = {"torch", "lightning", "torchmetrics", "numpy"}
 
 

@@ -3,8 +3,7 @@
 Digits are drawn with the mouse along scripted strokes, in the seven-segment style of the
 synthetic training digits (tests/conftest.py), so a model trained here for a few seconds
 reads them. Set MNISTLIT_SERVE_SCREENSHOT to a path to keep the page's screenshot there
-(docs/serve.png in the README is one).
-"""
+(docs/serve.png in the README is one)."""
 
 import os
 import shutil
@@ -13,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONFIGS, cli, start_cli, tiny_config, write_synthetic_mnist
-from .test_lossless import png_header_only
+from tests.helpers import (
+    CONFIGS,
+    cli,
+    draw_digits,
+    png_header_only,
+    start_cli,
+    tiny_config,
+    write_synthetic_mnist,
+)
 
 CHROMIUM = next(
     (
@@ -24,11 +30,8 @@ CHROMIUM = next(
     ),
     None,
 )
-if CHROMIUM is None and os.environ.get("CI"):
-    raise RuntimeError("CI must run the browser test: .ci/run installs Debian's chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium)")
 
-# Strokes on the 280x280 canvas, in the seven-segment shapes the tiny model learned.
+
 STROKES = {
     "1": [[(180, 40), (180, 240)]],
     "7": [[(90, 40), (190, 40), (190, 240)]],
@@ -96,8 +99,6 @@ def test_drawn_digits_are_read_and_shown_with_what_the_network_saw(page, tmp_pat
 
 def test_an_uploaded_photo_is_read_and_a_bad_file_is_one_message(page, server, tmp_path: Path) -> None:
     from playwright.sync_api import expect
-
-    from .conftest import draw_digits
 
     images, labels = draw_digits(40, seed=11)
     index = next(i for i, label in enumerate(labels) if label == 7)

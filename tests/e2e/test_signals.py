@@ -1,0 +1,188 @@
+"""Real signals at real moments (a step, validation, start-up, test): what is saved and said."""
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlit.runs.folders import resolve
+from mnistlit.runs.precision import cpu_bf16_instructions
+from tests.helpers import (
+    CONFIGS,
+    FIT,
+    assert_same_weights,
+    cli,
+    copy_reference,
+    last_ckpt,
+    start_cli,
+    step_of,
+    tiny_config,
+    weights,
+    write_synthetic_mnist,
+)
+
+SLOW_VALIDATION = (
+    "--trainer.callbacks+",
+    "tests.probes.SlowValidation",
+    "--trainer.num_sanity_val_steps",
+    "0",
+)
+
+
+def runs(workdir: Path) -> list[str]:
+    folder = workdir / "lightning_logs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+
+    workdir = tmp_path_factory.mktemp("trained")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
+    result = cli(workdir, "fit", *CONFIGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def wait_for_checkpoint(path: Path, process: subprocess.Popen, at_least: int) -> None:
+    """Wait until the periodic last.ckpt shows the run at least ``at_least`` steps in."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never reached the checkpoint"
+        if (
+            path.exists()
+            and torch.load(path, map_location="cpu", weights_only=True)["global_step"] >= at_least
+        ):
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_during_validation_saves_after_it_and_resumes_bit_identical(
+    workdir: Path, reference_run, stop
+) -> None:
+    copy_reference(reference_run, workdir)
+
+    process = start_cli(workdir, *FIT, *SLOW_VALIDATION)
+    wait_for(workdir / "validating", process)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    saved = step_of(last_ckpt(workdir, 1))
+    assert saved >= 44, "saved after the first epoch's validation, not before it"
+    name = "SIGTERM" if stop == signal.SIGTERM else "Ctrl-C"
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"mnistlit: stopped by {name} at step {saved}; saved "), last_line
+
+    resumed = cli(workdir, *FIT, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+    history = (workdir / "lightning_logs" / "version_1" / "history.csv").read_text()
+    assert [line.split(",")[0] for line in history.splitlines()] == ["epoch", "0", "1", "2", "3"]
+    assert "nan" not in history, "every row is complete"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_stop_during_start_up_is_one_line(workdir: Path, stop) -> None:
+    process = start_cli(workdir, "fit", *CONFIGS)
+    time.sleep(1.5)  # importing torch and Lightning
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    name = "Ctrl-C" if stop == signal.SIGINT else "SIGTERM"
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert (
+        stderr.strip().splitlines()[-1] == f"mnistlit: stopped by {name} during start-up; nothing was saved"
+    )
+    assert runs(workdir) == []
+
+
+def test_sigterm_during_test_says_test_did_not_finish(trained: Path) -> None:
+    before = runs(trained)
+    process = start_cli(
+        trained, "test", *CONFIGS, "--ckpt_path", "best", "--trainer.callbacks+", "tests.probes.SlowTest"
+    )
+    wait_for(trained / "testing", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    (trained / "testing").unlink()
+    assert process.returncode != 0 and "Traceback" not in stderr
+    assert (
+        stderr.strip().splitlines()[-1]
+        == "mnistlit: stopped by SIGTERM; test did not finish and wrote no results"
+    )
+    assert runs(trained) == before, "the unfinished test leaves no run folder"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_resumes_to_bit_identical_weights(
+    workdir: Path, reference_run, stop: signal.Signals
+) -> None:
+    copy_reference(reference_run, workdir)
+
+    process = start_cli(workdir, *FIT)
+    # Any step: inside an epoch, on an epoch's last batch, in the first epoch or a later one.
+    wait_for_checkpoint(last_ckpt(workdir, 1), process, at_least=random.randrange(5, 140))
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    stopped_at = torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)["global_step"]
+    assert stopped_at < 4 * 44
+    if stop != signal.SIGKILL:
+        name = "SIGTERM" if stop == signal.SIGTERM else "Ctrl-C"
+        last_line = stderr.strip().splitlines()[-1]
+        assert last_line.startswith(f"mnistlit: stopped by {name} at step {stopped_at}; saved "), last_line
+        assert "Traceback" not in stderr and "weights_only" not in stderr
+
+    resumed = cli(workdir, *FIT, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "lightning_logs/version_1/checkpoints/last.ckpt" in resumed.stderr + resumed.stdout
+
+    assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+    for version in (0, 1):
+        folder = last_ckpt(workdir, version).parent
+        assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]
+    best = resolve("best", workdir / "lightning_logs")
+    (reference_best,) = last_ckpt(workdir, 0).parent.glob("best-*.ckpt")
+    assert best.parent == last_ckpt(workdir, 1).parent and best.name == reference_best.name
+    with open(workdir / "lightning_logs" / "version_1" / "history.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()] == ["epoch", "0", "1", "2", "3"]
+    runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
+    assert runs == ["version_0", "version_1"], "the resumed run must log into its own folder"
+    assert len(list((workdir / "lightning_logs" / "version_1").glob("events.out.tfevents.*"))) == 2
+
+
+@pytest.mark.slow
+def test_a_bf16_mixed_run_killed_at_any_step_resumes_to_bit_identical_weights(workdir: Path) -> None:
+    bf16 = (*FIT, "--trainer.precision", "bf16-mixed")
+    whole = cli(workdir, *bf16)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    chosen = (
+        "bf16-mixed: this CPU computes bf16" if cpu_bf16_instructions() else "32-true: bf16-mixed was asked"
+    )
+    assert f"mnistlit: precision {chosen}" in whole.stderr
+
+    process = start_cli(workdir, *bf16)
+    wait_for_checkpoint(last_ckpt(workdir, 1), process, at_least=random.randrange(5, 140))
+    process.kill()
+    process.communicate(timeout=120)
+    resumed = cli(workdir, *bf16, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
+    assert all(
+        w.dtype == torch.float32 for w in weights(last_ckpt(workdir, 1)).values() if w.is_floating_point()
+    )
