@@ -19,7 +19,7 @@ def parameters(function) -> list[str]:
     return list(inspect.signature(function).parameters)
 
 
-def test_model_checkpoint_methods_that_last_checkpoint_calls() -> None:  # runs/resume.py LastCheckpoint
+def test_model_checkpoint_methods_that_last_checkpoint_calls() -> None:  # runs/checkpoints.py LastCheckpoint
     assert parameters(ModelCheckpoint._should_skip_saving_checkpoint) == ["self", "trainer"]
     assert parameters(ModelCheckpoint._save_last_checkpoint) == ["self", "trainer", "monitor_candidates"]
     assert parameters(ModelCheckpoint._monitor_candidates) == ["self", "trainer"]

@@ -13,9 +13,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.module import LitClassifier
 from mnistlit.runs import checkpoints, folders
+from mnistlit.runs.checkpoints import LastCheckpoint
 from mnistlit.runs.data import MNISTDataModule
-from mnistlit.runs.reports import HISTORY_COLUMNS, EpochHistory, EpochLines, format_table
-from mnistlit.runs.resume import LastCheckpoint, RunStopped, StopOnSignal
+from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, format_table
+from mnistlit.runs.progress import EpochLines
+from mnistlit.runs.signals import RunStopped, StopOnSignal
 from mnistlit.runs.trainer import Trainer
 
 

@@ -1,4 +1,5 @@
-"""Run folders: one ``version_N`` per run, what ``best`` and ``last`` mean, one writer at a time."""
+"""Run folders: one ``version_N`` per run, what ``best`` and ``last`` mean, one writer at a time,
+where a callback writes."""
 
 import fcntl
 import os
@@ -6,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import IO
 
+import lightning as L
 from jsonargparse import Namespace
 
 from mnistlit.core.errors import MnistlitError
@@ -149,3 +151,13 @@ def discard_if_unused(run: Path) -> None:
     saving anything leaves nothing to crowd TensorBoard and the ``best``/``last`` lookup."""
     if run.is_dir() and not any(run.rglob("*.ckpt")) and not (run / "predictions.csv").exists():
         shutil.rmtree(run, ignore_errors=True)
+
+
+def run_folder(trainer: L.Trainer) -> Path | None:
+    """The run's folder where files are written: on global rank 0, None on the other ranks.
+
+    Every rank must call it: under DDP ``trainer.log_dir`` is a broadcast from rank 0, and a
+    collective asked on rank 0 alone hangs the run.
+    """
+    log_dir = trainer.log_dir
+    return Path(log_dir or trainer.default_root_dir) if trainer.is_global_zero else None

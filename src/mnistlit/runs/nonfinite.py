@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from mnistlit.core.errors import MnistlitError
-from mnistlit.runs.resume import last_checkpoint_of
+from mnistlit.runs.checkpoints import last_checkpoint_of
 
 
 class NonFiniteLoss(L.Callback):

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from mnistlit.core.data import DigitData
 from mnistlit.core.inputs import unit_range
 from mnistlit.runs import plots
-from mnistlit.runs.reports import run_folder
+from mnistlit.runs.folders import run_folder
 
 
 def as_augmented(digits: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -24,11 +24,14 @@ from mnistlit.deploy.images import MAX_IMAGE_PIXELS
 from mnistlit.deploy.serve import MAX_UPLOAD_BYTES
 from mnistlit.deploy.summary import describe, summary
 from mnistlit.runs import checkpoints, folders, precision
+from mnistlit.runs.checkpoints import LastCheckpoint
+from mnistlit.runs.history import EpochHistory
 from mnistlit.runs.nonfinite import NonFiniteLoss
 from mnistlit.runs.pictures import RunPictures
+from mnistlit.runs.predictions import PredictionFiles
 from mnistlit.runs.process import CachedCudaCheck, keep_freed_memory, quiet_known_noise
-from mnistlit.runs.reports import EpochHistory, PredictionFiles
-from mnistlit.runs.resume import ExactResume, LastCheckpoint, StopOnSignal
+from mnistlit.runs.rng import ExactResume
+from mnistlit.runs.signals import StopOnSignal
 
 
 def best_checkpoint() -> ModelCheckpoint:

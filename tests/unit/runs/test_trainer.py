@@ -140,6 +140,8 @@ def test_a_one_cycle_schedule_lasts_the_steps_a_limited_run_takes(data) -> None:
     assert scheduler.total_steps == trainer.global_step
     assert max(rates.rates) == pytest.approx(0.01, rel=0.05), "the cycle reached its peak"
     assert rates.rates[-1] == pytest.approx(0.01 / 25 / 1e4), "and ended at its final rate"
+    last_row = Path("lightning_logs/version_0/history.csv").read_text().splitlines()[-1].split(",")
+    assert float(last_row[5]) == pytest.approx(rates.rates[-1]), "history.csv shows where the rate ended"
 
 
 def test_a_monitor_the_model_never_logs_is_refused_before_training(data) -> None:

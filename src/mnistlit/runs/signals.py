@@ -1,4 +1,4 @@
-"""Checkpointing and stopping: last.ckpt, what an exact resume needs, SIGTERM and Ctrl-C."""
+"""Ctrl-C and SIGTERM: a stop at a step's end that saves last.ckpt, and one line that says what happened."""
 
 import signal
 import threading
@@ -6,72 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-
-class LastCheckpoint(ModelCheckpoint):
-    """Writes ``last.ckpt``: every ``every_n_train_steps`` steps, so a crash loses at most that
-    many (the data loader's position is in the checkpoint, so it resumes mid-epoch), at the
-    end of every epoch, and when training ends.
-
-    The best-by-val_acc ModelCheckpoint keeps the best weights; this one keeps the latest
-    state. (Lightning 2.6's own ``save_last`` rewrites last.ckpt at an epoch's end only when
-    that epoch also saved a best checkpoint, so a finished run's last.ckpt could be steps
-    behind its final weights.) Saving at ``on_train_epoch_end`` also puts it after the best
-    checkpoint's save, so the best path recorded in last.ckpt is current.
-    """
-
-    def __init__(self, every_n_train_steps: int = 100) -> None:
-        super().__init__(
-            save_top_k=0,
-            save_last=True,
-            every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
-        )
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Again at the same step: the callbacks' states are final now (the history's last row).
-        if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors at run time
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def last_checkpoint_of(trainer: L.Trainer) -> "LastCheckpoint | None":
-    """The callback that owns this run's ``last.ckpt``.
-
-    Not ``trainer.checkpoint_callback``: that is the first ModelCheckpoint, the best-by-val_acc one.
-    """
-    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
-
-
-class ExactResume(L.Callback):
-    """Saves the global RNG states with every checkpoint and puts them back when training
-    restarts: dropout draws from them, and Lightning does not save them."""
-
-    def __init__(self) -> None:
-        self._restored: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = state_dict
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._restored is None:
-            return
-        torch.set_rng_state(self._restored["torch"])
-        if "cuda" in self._restored and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self._restored["cuda"])
-        self._restored = None
+from mnistlit.runs.checkpoints import last_checkpoint_of
 
 
 class RunStopped(BaseException):

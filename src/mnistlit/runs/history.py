@@ -1,4 +1,5 @@
-"""What a run leaves for people in its folder: the epoch history and the predictions."""
+"""The epoch history of a fit: history.csv and learning_curves.png in the run folder, and the
+table fit prints."""
 
 import csv
 import io
@@ -7,25 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import ProgressBar
 
-from mnistlit.core.data import DigitData
 from mnistlit.core.errors import MnistlitError
 from mnistlit.files import atomic_write
 from mnistlit.runs import plots
+from mnistlit.runs.folders import run_folder
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-
-
-def run_folder(trainer: L.Trainer) -> Path | None:
-    """The run's folder where files are written: on global rank 0, None on the other ranks.
-
-    Every rank must call it: under DDP ``trainer.log_dir`` is a broadcast from rank 0, and a
-    collective asked on rank 0 alone hangs the run.
-    """
-    log_dir = trainer.log_dir
-    return Path(log_dir or trainer.default_root_dir) if trainer.is_global_zero else None
 
 
 class EpochHistory(L.Callback):
@@ -38,7 +27,10 @@ class EpochHistory(L.Callback):
     A row is completed when the next epoch starts (or training ends): callbacks see
     ``on_train_epoch_end`` before the LightningModule logs its epoch-level train metrics.
     ``seconds`` is the wall time from one epoch's start to the next one's: training,
-    validation, checkpoints and writing the previous row and its plot.
+    validation, checkpoints and writing the previous row and its plot. ``lr`` is the rate of
+    the epoch's last optimizer step: for a schedule stepped every epoch, the epoch's rate; for a
+    one-cycle schedule stepped every batch, where the epoch ended (the last row: where the run
+    ended).
 
     The rows travel in checkpoints, and so does the epoch in progress: a run resumed
     mid-epoch adds the seconds of the first part to that epoch, and a run resumed from a
@@ -93,6 +85,11 @@ class EpochHistory(L.Callback):
     def _start_epoch(self, trainer: L.Trainer, now: float) -> None:
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         self._started = now
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pending = {"epoch": trainer.current_epoch, "lr": self._lr}
@@ -149,105 +146,3 @@ def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in body]
     return "\n".join(lines)
-
-
-class PredictionFiles(L.Callback):
-    """Writes ``predictions.csv`` (item, target, prediction, probability, top3) into the run
-    folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
-
-    ``item`` is the image file when predicting ``--data.predict_dir``, else the test-set index;
-    targets and predictions are the dataset's class names (digits for MNIST).
-    """
-
-    sheet_size = 100
-
-    def __init__(self, filename: str = "predictions.csv") -> None:
-        self.filename = filename
-        self.path: Path | None = None
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        folder = run_folder(trainer)
-        self.path = None if folder is None else (folder / self.filename).resolve()
-        self._sheet: list[tuple[torch.Tensor, str]] = []
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._open("w") as f:
-            csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3"])
-
-    def _open(self, mode: str):
-        # File names that are not valid UTF-8 reach Python as surrogate escapes; written back
-        # the same way, the CSV holds the name's original bytes.
-        assert self.path is not None, "on_predict_start chose the file"
-        return open(self.path, mode, newline="", encoding="utf-8", errors="surrogateescape")
-
-    def on_predict_batch_end(
-        self, trainer, pl_module, prediction: torch.Tensor, batch, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if self.path is None:
-            return
-        data: DigitData = trainer.datamodule
-        items, classes = data.predict_items, data.class_names
-        indices = trainer.predict_dataloaders.indices_of(batch_idx).tolist()
-        names = [str(items[i]) if items is not None else str(i) for i in indices]
-        top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
-        targets = ["" if t < 0 else classes[t] for t in batch[1].tolist()]
-        with self._open("a") as f:
-            csv.writer(f).writerows(
-                (
-                    name,
-                    target,
-                    classes[k[0]],
-                    f"{p[0]:.6f}",
-                    " ".join(f"{classes[c]}:{q:.4f}" for c, q in zip(k, p, strict=True)),
-                )
-                for name, target, k, p in zip(names, targets, top_k, top_p, strict=True)
-            )
-        room = self.sheet_size - len(self._sheet)
-        for image, name, k, p in list(zip(batch[0], names, top_k, top_p, strict=True))[:room]:
-            shown = Path(name).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:16]
-            self._sheet.append((image[0].cpu(), f"{shown}\n-> {classes[k[0]]} ({p[0]:.2f})"))
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.path is None:
-            return
-        print(f"predictions written to {self.path}")
-        if self._sheet:
-            images = torch.stack([image for image, _ in self._sheet])
-            titles = [title for _, title in self._sheet]
-            figure = plots.digit_grid(images, titles, columns=min(10, len(titles)))
-            plots.save(figure, self.path.with_suffix(".png"))
-            print(f"contact sheet: {self.path.with_suffix('.png')}")
-
-
-class EpochLines(ProgressBar):
-    """The progress of a fit as one line per epoch, for output that is not a terminal (CI, nohup,
-    a log file), where a bar redrawn with carriage returns would write megabytes of fragments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._enabled = True
-        self._started = 0.0
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._enabled or trainer.sanity_checking:
-            return
-        metrics = trainer.callback_metrics
-        scores = ", ".join(
-            f"{name} {float(metrics[name]):.4f}" for name in ("val_loss", "val_acc") if name in metrics
-        )
-        epochs = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs - 1}"
-        print(
-            f"epoch {trainer.current_epoch}{epochs}: step {trainer.global_step}, "
-            f"{time.perf_counter() - self._started:.1f} s{'; ' + scores if scores else ''}",
-            flush=True,
-        )
