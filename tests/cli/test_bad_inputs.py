@@ -1,6 +1,7 @@
 """Every bad value, argument or input file a user can give: one clear line, nothing lost."""
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,6 @@ from tests.helpers import (
     cli,
     draw_seven,
     png_header_only,
-    run_cli,
     tiny_config,
     write_synthetic_mnist,
 )
@@ -33,11 +33,24 @@ def trained(tmp_path_factory) -> Path:
     return workdir
 
 
+class Blocked(Exception):
+    pass
+
+
+def _blocked(signum, frame) -> None:
+    raise Blocked("predict blocked for 120 s (a FIFO opened by mistake blocks forever)")
+
+
 def predict(workdir: Path, predict_dir: str) -> subprocess.CompletedProcess:
-    # A process of its own, with a timeout: a FIFO opened by mistake would block forever.
-    return run_cli(
-        workdir, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", predict_dir, timeout=120
-    )
+    # An alarm bounds the run: SIGALRM interrupts a blocking open() of a FIFO, which the CLI
+    # must never attempt.
+    previous = signal.signal(signal.SIGALRM, _blocked)
+    signal.alarm(120)
+    try:
+        return cli(workdir, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", predict_dir)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def predicted_items(result: subprocess.CompletedProcess) -> list[bytes]:

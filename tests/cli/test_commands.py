@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
+from mnistlit import LitClassifier, classify
 from mnistlit.runs.precision import cpu_bf16_instructions
 from tests.helpers import (
     BASE_CONFIG,
@@ -129,15 +131,9 @@ def test_predict_writes_a_csv_row_per_test_image(fitted) -> None:
 def test_a_checkpoint_loads_alone_with_weights_only(fitted) -> None:
     workdir, _ = fitted
     (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
-    code = (
-        "import sys, torch\n"
-        "from mnistlit import LitClassifier\n"
-        "model = LitClassifier.load_from_checkpoint(sys.argv[1], weights_only=True)\n"
-        "print(type(model.net).__name__, model(torch.zeros(2, 1, 28, 28)).shape)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, str(best)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Net torch.Size([2, 10])" in result.stdout
+    model = LitClassifier.load_from_checkpoint(best, weights_only=True)
+    assert type(model.net).__name__ == "Net"
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_print_config_works(workdir: Path) -> None:
@@ -211,18 +207,9 @@ def test_the_one_cycle_recipes_train_end_to_end(workdir: Path, config: str, net:
 
     # The checkpoint alone rebuilds its network, from plain Python (no config).
     draw_seven().save(workdir / "seven.png")
-    code = (
-        "import sys\nfrom PIL import Image\nfrom mnistlit import LitClassifier, classify\n"
-        "model = LitClassifier.load_from_checkpoint(sys.argv[1])\n"
-        "print(type(model.net).__name__, *classify(model, Image.open(sys.argv[2])))\n"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code, str(run / "checkpoints" / "last.ckpt"), str(workdir / "seven.png")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    name, digit, probability = loaded.stdout.split()
-    assert name == net and 0 <= int(digit) <= 9 and 0 < float(probability) <= 1
+    model = LitClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    digit, probability = classify(model, Image.open(workdir / "seven.png"))
+    assert type(model.net).__name__ == net and 0 <= digit <= 9 and 0 < probability <= 1
 
 
 def test_the_number_of_classes_comes_from_the_dataset(workdir: Path) -> None:
@@ -252,8 +239,8 @@ def test_describe_says_what_a_checkpoint_holds_and_writes_nothing(fitted) -> Non
     assert sorted((workdir / "lightning_logs").iterdir()) == before, "describe reserves no run folder"
 
 
-def test_version() -> None:
-    result = subprocess.run([sys.executable, "-m", "mnistlit", "--version"], capture_output=True, text=True)
+def test_version(tmp_path: Path) -> None:
+    result = cli(tmp_path, "--version")
     assert result.returncode == 0 and result.stdout.strip() == "mnistlit 0.2.0"
 
 
