@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint tensorboard bench bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
+.PHONY: install fit test lint docs tensorboard bench bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
 install: $(VENV)/.installed
 
@@ -45,7 +45,12 @@ clean:
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/time_to_accuracy.py
-	$(PY) benchmarks/lightning_floor.py
+	$(PY) benchmarks/lightning_floor.py --json docs/measurements
+	$(PY) benchmarks/render_docs.py
+
+# The measured tables of docs/ from docs/measurements/*.json (make bench writes them).
+docs: install
+	$(PY) benchmarks/render_docs.py
 
 bench-gpu: install
 	bash benchmarks/gpu.sh

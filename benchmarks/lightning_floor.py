@@ -18,11 +18,13 @@ import sys
 import time
 
 import lightning as L
+import measured
 import torch
 import torch.nn.functional as F
 from run import KEEP_FREED_MEMORY, cpu_name
 
 from mnistlit.core.nets import Net
+from mnistlit.runs.precision import cpu_bf16_instructions
 from mnistlit.runs.process import quiet_known_noise
 
 BATCH = 128
@@ -105,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", metavar="FOLDER", help="also write the table as JSON there (make docs)")
     args = parser.parse_args()
     if any(os.environ.get(name) != value for name, value in KEEP_FREED_MEMORY.items()):
         # Restart with glibc's malloc told to keep freed memory, as make bench runs everything.
@@ -118,7 +121,10 @@ def main() -> None:
         "| precision | plain loop | barebones Trainer | default Trainer | barebones/plain | default/plain |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    for precision in ("32-true", "bf16-mixed"):
+    # bf16 where the CPU computes it natively; elsewhere mnistlit trains in fp32 (runs/precision.py).
+    precisions = ["32-true"] + (["bf16-mixed"] if cpu_bf16_instructions() else [])
+    rows = []
+    for precision in precisions:
         rounds = [
             (
                 plain(batches, precision),
@@ -130,6 +136,15 @@ def main() -> None:
         bare, barebones, default = (statistics.median(column) for column in zip(*rounds, strict=True))
         print(f"| {precision} | {bare:.2f} | {barebones:.2f} | {default:.2f} "
               f"| {barebones / bare:.3f}× | {default / bare:.3f}× |")  # fmt: skip
+        rows.append([precision, round(bare, 2), round(barebones, 2), round(default, 2),
+                     round(barebones / bare, 3), round(default / bare, 3)])  # fmt: skip
+    if args.json:
+        columns = ["precision", "plain loop ms", "barebones Trainer ms", "default Trainer ms",
+                   "barebones / plain", "default / plain"]  # fmt: skip
+        note = (f"Medians of steps 21–{args.steps} over {args.rounds} alternating rounds, seed Net, "
+                f"batch {BATCH}, {threads} torch threads.")  # fmt: skip
+        command = f"python benchmarks/lightning_floor.py --steps {args.steps} --rounds {args.rounds}"
+        print(f"\nwritten: {measured.write(args.json, 'lightning_floor', command, columns, rows, note)}")
 
 
 if __name__ == "__main__":
