@@ -160,3 +160,11 @@ def test_a_wrong_type_is_refused_by_the_parser(workdir: Path) -> None:
     result = cli(workdir, "fit", *CONFIGS, "--data.batch_size", "many")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "batch_size" in result.stderr
+
+
+def test_a_data_dir_that_is_the_datasets_own_folder_is_one_line_and_fetches_nothing(workdir: Path) -> None:
+    result = cli(workdir, "fit", *CONFIGS, "--data.data_dir", "data/mnist")
+    assert_one_clear_line(
+        result, "data.data_dir data/mnist is the mnist folder itself", "--data.data_dir data"
+    )
+    assert not (workdir / "data" / "mnist" / "mnist").exists(), "no second copy"

@@ -163,6 +163,26 @@ def test_a_checkpoint_of_another_model_is_refused(workdir: Path) -> None:
     assert_one_clear_line(result, "shape.ckpt does not fit this model")
 
 
+@pytest.mark.parametrize("subcommand", ["describe", "test", "export"])
+def test_every_subcommand_refuses_weights_that_do_not_fit_their_network(
+    workdir: Path, subcommand: str
+) -> None:
+    """The hyperparameters name StrongNet, the weights are Net's; then a weight of the wrong shape."""
+    fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    checkpoint = torch.load(last_ckpt(workdir, 0), map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["net"] = {"class_path": "mnistlit.core.nets.StrongNet"}
+    torch.save(checkpoint, workdir / "renamed.ckpt")
+    result = cli(workdir, subcommand, *CONFIGS, "--ckpt_path", "renamed.ckpt")
+    assert_one_clear_line(result, "renamed.ckpt does not fit this model")
+
+    checkpoint = torch.load(last_ckpt(workdir, 0), map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["net.layers.0.weight"] = torch.zeros(16, 1, 3, 3)
+    torch.save(checkpoint, workdir / "reshaped.ckpt")
+    result = cli(workdir, subcommand, *CONFIGS, "--ckpt_path", "reshaped.ckpt")
+    assert_one_clear_line(result, "reshaped.ckpt does not fit this model", "other shape: net.layers.0.weight")
+
+
 def test_resuming_from_a_checkpoint_outside_the_runs_folder_starts_a_new_run(workdir: Path) -> None:
     first = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]

@@ -282,6 +282,7 @@ def test_the_run_folder_does_not_depend_on_the_logger(workdir: Path, options: tu
     assert sorted(p.name for p in workdir.iterdir()) == ["data", "lightning_logs", "tiny.yaml"]
     run = workdir / "lightning_logs" / "version_0"
     assert (run / "history.csv").is_file() and (run / "train_digits.png").is_file()
+    assert (run / ".lock").is_file(), "a fit locks its folder whatever the logger"
     if "--trainer.fast_dev_run" in options:  # Lightning's fast_dev_run saves no checkpoint and no config
         return
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from tests.helpers import (
     CONFIGS,
+    assert_one_clear_line,
     cli,
     draw_seven,
     tiny_config,
@@ -136,6 +137,13 @@ def test_a_predict_dir_without_images_is_one_clear_line(fitted_and_tested: Path)
     result = cli(fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "empty")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no images" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_predict_dir_that_does_not_exist_says_so(fitted_and_tested: Path) -> None:
+    result = cli(
+        fitted_and_tested, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "nowhere"
+    )
+    assert_one_clear_line(result, "data.predict_dir nowhere: no such file or folder")
 
 
 def test_python_use_in_three_lines(fitted_and_tested: Path) -> None:

@@ -148,9 +148,15 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(
         assert last_line.startswith(f"mnistlit: stopped by {name} at step {stopped_at}; saved "), last_line
         assert "Traceback" not in stderr and "weights_only" not in stderr
 
+    started = time.monotonic()
     resumed = cli(workdir, *FIT, "--ckpt_path", "last")
+    took = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "lightning_logs/version_1/checkpoints/last.ckpt" in resumed.stderr + resumed.stdout
+    seconds = [
+        float(line.split(", ")[1].split()[0]) for line in resumed.stdout.splitlines() if ": step " in line
+    ]
+    assert seconds and max(seconds) <= took, f"an epoch line claims more than the {took:.1f} s the run took"
 
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
     for version in (0, 1):

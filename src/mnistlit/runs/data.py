@@ -5,6 +5,7 @@ and ``predict`` can read the user's own image files instead of the test set.
 """
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -37,6 +38,12 @@ class MNISTDataModule(data.MNISTDataModule):
     def prepare_data(self) -> None:
         if self.trainer is not None and self.trainer.predicting and self.predict_dir is not None:
             return  # predicting the user's own images needs no dataset
+        inside = self.data_dir / self.dataset.name
+        if not inside.exists() and all((self.data_dir / name).is_file() for name in self.dataset.files):
+            raise MnistlitError(
+                f"data.data_dir {self.data_dir} is the {self.dataset.name} folder itself; give the folder "
+                f"that holds it: --data.data_dir {self.data_dir.parent}"
+            )
         ensure_files(self.dataset, self.data_dir)
 
     def setup(self, stage: str) -> None:
@@ -47,6 +54,8 @@ class MNISTDataModule(data.MNISTDataModule):
 
     def _images_to_predict(self, pattern: str) -> InMemoryDigits:
         files = image_files(pattern)
+        if not files and not Path(pattern).exists():
+            raise MnistlitError(f"data.predict_dir {pattern}: no such file or folder, and no file matches it")
         images, used, skipped = load_digits(files, self.max_image_pixels)
         for file, reason in skipped:
             print(f"mnistlit: skipped {file}: {reason}", file=sys.stderr)

@@ -14,6 +14,7 @@ class EpochLines(ProgressBar):
         super().__init__()
         self._enabled = True
         self._started = 0.0
+        self._since_resume = False
 
     def disable(self) -> None:
         self._enabled = False
@@ -21,8 +22,12 @@ class EpochLines(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed mid-epoch gets no epoch start: its first line counts from the resume.
+        self._started, self._since_resume = time.perf_counter(), True
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
+        self._started, self._since_resume = time.perf_counter(), False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._enabled or trainer.sanity_checking:
@@ -34,6 +39,7 @@ class EpochLines(ProgressBar):
         epochs = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs - 1}"
         print(
             f"epoch {trainer.current_epoch}{epochs}: step {trainer.global_step}, "
-            f"{time.perf_counter() - self._started:.1f} s{'; ' + scores if scores else ''}",
+            f"{time.perf_counter() - self._started:.1f} s{' since the resume' if self._since_resume else ''}"
+            f"{'; ' + scores if scores else ''}",
             flush=True,
         )
