@@ -168,3 +168,9 @@ def test_a_data_dir_that_is_the_datasets_own_folder_is_one_line_and_fetches_noth
         result, "data.data_dir data/mnist is the mnist folder itself", "--data.data_dir data"
     )
     assert not (workdir / "data" / "mnist" / "mnist").exists(), "no second copy"
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(workdir: Path) -> None:
+    (workdir / "afile").write_text("not a folder")
+    result = cli(workdir, "fit", *CONFIGS, "--data.data_dir", "afile")
+    assert_one_clear_line(result, "data.data_dir afile is a file, not a folder")

@@ -193,3 +193,12 @@ def test_resuming_from_a_checkpoint_outside_the_runs_folder_starts_a_new_run(wor
     resumed_state = torch.load(last_ckpt(workdir, 1), map_location="cpu", weights_only=True)
     assert resumed_state["global_step"] == 2 * 44  # it went on from the copied epoch, not from zero
     assert [row["epoch"] for row in resumed_state["callbacks"]["EpochHistory"]["rows"]] == [0, 1]
+
+
+def test_best_after_its_file_was_deleted_names_the_deleted_file(workdir: Path) -> None:
+    fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    (best,) = last_ckpt(workdir, 0).parent.glob("best-*.ckpt")
+    best.unlink()
+    result = cli(workdir, "test", *CONFIGS, "--ckpt_path", "best")
+    assert_one_clear_line(result, f"{best.name}, the best checkpoint of the newest run", "no longer exists")

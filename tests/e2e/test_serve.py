@@ -104,6 +104,12 @@ def test_a_batch_answers_every_image_in_order_with_an_error_for_the_bad_one(clie
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
         ({"json": {"picture": "x"}}, 400, '{"image"'),
         ({"json": {"image": "data:image/png;base64,@@@"}}, 400, "not valid base64"),
+        ({"json": {"image": "data:image/png;base64"}}, 400, "no comma"),
+        (
+            {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
+            400,
+            "nested too deeply",
+        ),
     ],
     ids=[
         "empty",
@@ -115,12 +121,15 @@ def test_a_batch_answers_every_image_in_order_with_an_error_for_the_bad_one(clie
         "bad-json",
         "no-image-key",
         "base64",
+        "data-url-without-comma",
+        "deep-json",
     ],
 )
 def test_bad_input_is_a_4xx_json_error(client: TestClient, request_kwargs, status, phrase) -> None:
     answer = client.post("/predict", **request_kwargs)
     assert answer.status_code == status, answer.text
     assert set(answer.json()) == {"error"} and phrase in answer.json()["error"]
+    assert "object at 0x" not in answer.json()["error"], "no Python repr in a message for people"
     assert client.get("/health").status_code == 200, "the server keeps serving"
 
 

@@ -47,7 +47,9 @@ class Classifier:
             raise Rejected(400, "the request holds no image")
         try:
             image = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
+        except UnidentifiedImageError as e:  # its message is the repr of our buffer
+            raise Rejected(422, "not an image that can be read (PNG, JPEG, GIF, BMP, TIFF or WebP)") from e
+        except (Image.DecompressionBombError, OSError) as e:
             raise Rejected(422, f"not an image that can be read: {one_line(e, 200)}") from e
         if image.width * image.height > self.max_pixels:
             raise Rejected(
@@ -83,7 +85,11 @@ def image_from_data_url(value: object) -> bytes:
     """The bytes of ``data:image/...;base64,...`` (or of plain base64)."""
     if not isinstance(value, str):
         raise Rejected(400, 'give the image as a string: {"image": "data:image/png;base64,..."}')
-    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+    encoded = value
+    if value.startswith("data:"):
+        _, comma, encoded = value.partition(",")
+        if not comma:
+            raise Rejected(400, 'the data URL has no comma before its data: "data:image/png;base64,..."')
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -145,6 +151,8 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
                 payload = json.loads(body)
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise Rejected(400, f"the body is not valid JSON: {one_line(e, 100)}") from e
+            except RecursionError as e:
+                raise Rejected(400, "the JSON is nested too deeply") from e
             if not isinstance(payload, dict) or not ({"image", "images"} & payload.keys()):
                 raise Rejected(400, 'give {"image": "data:image/png;base64,..."} or {"images": [...]}')
             values = payload["images"] if "images" in payload else [payload["image"]]

@@ -38,6 +38,8 @@ class MNISTDataModule(data.MNISTDataModule):
     def prepare_data(self) -> None:
         if self.trainer is not None and self.trainer.predicting and self.predict_dir is not None:
             return  # predicting the user's own images needs no dataset
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise MnistlitError(f"data.data_dir {self.data_dir} is a file, not a folder")
         inside = self.data_dir / self.dataset.name
         if not inside.exists() and all((self.data_dir / name).is_file() for name in self.dataset.files):
             raise MnistlitError(

@@ -60,6 +60,12 @@ def resolve(ckpt_path: str, runs: Path) -> Path:
         found = best_in(run / "checkpoints")
         if found is not None:
             return found
+        gone = recorded_best(run / "checkpoints")
+        if gone is not None:  # not an older run's best instead: the user meant this run
+            raise MnistlitError(
+                f"--ckpt_path best: {gone}, the best checkpoint of the newest run with one, no longer "
+                "exists; pass another checkpoint file to --ckpt_path"
+            )
     raise MnistlitError(
         f"--ckpt_path {ckpt_path}: no run under {runs}/ has a {ckpt_path} checkpoint yet "
         "(train first: python -m mnistlit fit --config ...)"
@@ -81,16 +87,25 @@ def is_newest_state_of_a_run(path: Path, runs: Path) -> bool:
     )
 
 
-def best_in(folder: Path) -> Path | None:
-    """The best checkpoint ModelCheckpoint recorded in ``last.ckpt``, else the only ``best*.ckpt``."""
+def recorded_best(folder: Path) -> Path | None:
+    """The best checkpoint ModelCheckpoint recorded in ``folder/last.ckpt``, whether or not it
+    still exists."""
     last = folder / "last.ckpt"
     if last.is_file():
         # By role, not by name: the callback state that recorded a best path (last.ckpt's own
         # writer monitors nothing, so it never records one).
         for state in load(last).get("callbacks", {}).values():
             recorded = isinstance(state, dict) and state.get("best_model_path")
-            if recorded and (folder / Path(recorded).name).is_file():
+            if recorded:
                 return folder / Path(recorded).name
+    return None
+
+
+def best_in(folder: Path) -> Path | None:
+    """The best checkpoint ModelCheckpoint recorded in ``last.ckpt``, else the only ``best*.ckpt``."""
+    recorded = recorded_best(folder)
+    if recorded is not None and recorded.is_file():
+        return recorded
     candidates = list(folder.glob("best*.ckpt"))
     return candidates[0] if len(candidates) == 1 else None
 
