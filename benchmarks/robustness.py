@@ -24,9 +24,11 @@ from corruptions import CORRUPTIONS, MNIST_C, USERS, corrupt
 from PIL import Image
 
 from mnistlit.core.datasets import dataset_named, read_idx
+from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.inputs import network_input
 from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.preprocess import mnist_digit
+from mnistlit.runs import checkpoints as checks
 from mnistlit.runs.folders import best_in, version_of
 from mnistlit.runs.sources import ensure_files
 
@@ -130,6 +132,17 @@ def picture(sets: dict[str, np.ndarray], table: dict[str, dict[str, float]], pat
     plt.close(figure)
 
 
+def load_model(path: Path) -> LitClassifier:
+    """The checkpoint's model, or one line that says why it cannot be scored."""
+    try:
+        checks.load(path)  # missing, truncated, foreign or unsafe files: the CLI's own messages
+        return LitClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+    except MnistlitError as e:
+        sys.exit(f"robustness: {one_line(e)}")
+    except Exception as e:  # noqa: BLE001 - a Lightning checkpoint of some other model
+        sys.exit(f"robustness: {path} is not a checkpoint of mnistlit's LitClassifier: {one_line(e, 200)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", nargs="+", help="checkpoints (default: each recipe's newest best)")
@@ -145,6 +158,7 @@ def main() -> None:
         checkpoints = recipe_checkpoints(ROOT / "lightning_logs")
     if not checkpoints:
         sys.exit("robustness: no checkpoints: train a recipe first, or give --ckpt_path")
+    models = {label: load_model(path) for label, path in checkpoints.items()}  # before minutes of corrupting
     folder = Path(args.data_dir) / "mnist"
     if not (folder / "t10k-images-idx3-ubyte").is_file():
         ensure_files(dataset_named("mnist"), args.data_dir)
@@ -153,9 +167,8 @@ def main() -> None:
     sets = test_sets(digits, args.seed)
 
     table = {}
-    for label, path in checkpoints.items():
-        print(f"scoring: {label} ({path})", file=sys.stderr, flush=True)
-        model = LitClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+    for label, model in models.items():
+        print(f"scoring: {label} ({checkpoints[label]})", file=sys.stderr, flush=True)
         table[label] = with_means({name: accuracy(model, images, labels) for name, images in sets.items()})
 
     rows = list(next(iter(table.values())))

@@ -4,7 +4,8 @@
     pip install --no-deps .          # mnistlit itself, for its numpy-only preprocessing
     python examples/classify_onnx.py lightning_logs/version_0/export/model.onnx my_digits/*.png
 
-Prints one line per image: file, label, probability (tab-separated).
+Prints one line per image: file, label, probability (tab-separated); a file that cannot be read
+as a digit is listed on stderr as skipped, with the reason, and the rest go on.
 """
 
 import json
@@ -20,12 +21,18 @@ from mnistlit.deploy.preprocess import mnist_digit  # the same MNIST-style prepr
 def main(model_file: str, image_files: list[str]) -> None:
     session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
     classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
-    digits = []
+    digits, read = [], []
     for file in image_files:
-        with Image.open(file) as image:
-            digits.append(mnist_digit(image))
+        try:
+            with Image.open(file) as image:
+                digits.append(mnist_digit(image))
+            read.append(file)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # not an image, blank, too large
+            print(f"skipped {file}: {' '.join(str(e).split())}", file=sys.stderr)
+    if not digits:
+        sys.exit("no image could be read")
     (probabilities,) = session.run(None, {"digits": np.stack(digits)})
-    for file, p in zip(image_files, probabilities, strict=True):
+    for file, p in zip(read, probabilities, strict=True):
         print(f"{file}\t{classes[p.argmax()]}\t{p.max():.4f}")
 
 

@@ -121,14 +121,16 @@ def test_the_example_classifies_files_without_pytorch(trained: Path, tmp_path: P
     for i, digit in enumerate(digits):  # as a scan would be: dark ink on light paper, larger
         files.append(tmp_path / f"digit{i}.png")
         Image.fromarray(255 - digit).resize((112, 112)).save(files[-1])
+    (tmp_path / "notes.png").write_text("not an image")
     model = LitClassifier.load_from_checkpoint(best_of(trained))
     onnx_file = trained / "lightning_logs" / "version_0" / "export" / "model.onnx"
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_TORCH, str(ROOT / "examples" / "classify_onnx.py"), str(onnx_file),
-         *map(str, files)],
+         str(tmp_path / "notes.png"), *map(str, files)],
         capture_output=True, text=True, timeout=60, env={**CLI_ENV, "PYTHONPATH": str(ROOT / "src")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.startswith(f"skipped {tmp_path / 'notes.png'}: cannot identify image file")
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [row[0] for row in rows] == [str(f) for f in files]
     for (_, label, probability), file in zip(rows, files, strict=True):

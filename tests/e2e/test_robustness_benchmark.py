@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from skimage.filters import gaussian
@@ -15,6 +16,7 @@ from skimage.filters import gaussian
 from tests.helpers import CLI_ENV, ROOT, draw_digits
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import robustness  # noqa: E402
 from corruptions import CORRUPTIONS, corrupt  # noqa: E402
 from robustness import as_predict_sees_it, recipe_checkpoints  # noqa: E402
 
@@ -107,3 +109,31 @@ def test_the_benchmark_runs_end_to_end_on_tiny_data(reference_run: Path, tmp_pat
     assert "| clean, as stored |" in result.stdout
     with Image.open(tmp_path / "robustness.png") as picture:
         assert picture.width > 500 and picture.height > 500
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (None, "No such file"),
+        (b"PK\x03\x04 half a zip", "cannot load checkpoint"),
+        ("foreign", "is not a checkpoint of mnistlit's LitClassifier"),
+    ],
+    ids=["missing", "truncated", "another-model"],
+)
+def test_a_bad_checkpoint_is_one_line_before_any_corrupting(
+    tmp_path: Path, monkeypatch, content, phrase
+) -> None:
+    path = tmp_path / "model.ckpt"
+    if content == "foreign":
+        torch.save(
+            {"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"hidden": 4}}, path
+        )
+    elif content is not None:
+        path.write_bytes(content)
+    args = ["robustness.py", "--ckpt_path", str(path), "--data_dir", str(tmp_path / "data")]
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as stopped:
+        robustness.main()
+    message = str(stopped.value)
+    assert message.startswith("robustness: ") and phrase in message and "\n" not in message
+    assert not (tmp_path / "data").exists(), "stopped before fetching or corrupting anything"
