@@ -95,7 +95,10 @@ def test_last_means_the_newest_runs_last_checkpoint_never_another_run(workdir: P
     ("make", "reason"),
     [
         (lambda path: path.write_bytes(b""), "the file is empty"),
-        (lambda path: path.write_text("epoch,loss\n0,1.5\n"), "not a complete PyTorch checkpoint"),
+        (
+            lambda path: path.write_text("epoch,loss\n0,1.5\n"),
+            "not a PyTorch checkpoint: the file is in neither",
+        ),
         (lambda path: path.mkdir(), "it is a folder, not a checkpoint file"),
     ],
     ids=["empty", "text", "folder"],
@@ -136,7 +139,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(workdir: Path) -> N
     ("make", "message"),
     [
         (lambda good: good[: len(good) // 2], "cannot load checkpoint bad.ckpt"),
-        (lambda good: random.Random(0).randbytes(5000), "cannot load checkpoint bad.ckpt"),
+        (lambda good: random.Random(0).randbytes(50_000), "bad.ckpt: not a PyTorch checkpoint"),
         (lambda good: b"", "cannot load checkpoint bad.ckpt"),
     ],
     ids=["truncated", "random-bytes", "empty"],

@@ -188,3 +188,10 @@ def test_files_that_answer_differently_from_the_checkpoint_are_not_kept(tmp_path
             torch.from_numpy(digits), torch.from_numpy(labels).long(),
         )  # fmt: skip
     assert files_in(tmp_path / "out") == []
+
+
+def test_export_without_onnx_installed_is_one_line_and_leaves_no_folder(trained: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails, as without the extra
+    result = cli(trained, *EXPORT, "--format", "onnx", "--output", "shipped_without_onnx")
+    assert_one_clear_line(result, "ONNX export needs the export extra")
+    assert not (trained / "shipped_without_onnx").exists()

@@ -190,12 +190,15 @@ def export(
     Each file is written under a temporary name, loaded back and checked there, and renamed
     only when all checks pass: a failure leaves nothing under the final names.
     """
-    output.mkdir(parents=True, exist_ok=True)
     model = DigitProbabilities(net).eval()
     with torch.inference_mode():
         expected = torch.cat([model(batch) for batch in digits.split(VERIFY_BATCH)])
     make = {"onnx": onnx_bytes, "pt2": pt2_bytes}
     contents = {format: make[format](model, metadata) for format in formats}
+    try:  # only now: a failed export (no onnx, an operator ONNX lacks) leaves no empty folder
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistlitError(f"cannot create {output}: {e.strerror or e}; nothing was exported") from e
     partials: dict[str, Path] = {}
     try:
         for format, data in contents.items():

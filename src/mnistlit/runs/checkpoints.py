@@ -54,14 +54,22 @@ def load(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+# How torch.save's files begin: its zip format, and its legacy format (a pickled magic number).
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19")
+
+
 def _why_unloadable(path: str | Path, error: Exception) -> str:
     reason = one_line(error, 200)
-    if "Weights only load failed" in reason:
-        return "it holds pickled objects other than tensors and plain data; refusing to load it"
     if isinstance(error, OSError):
         return error.strerror or reason
     if os.path.getsize(path) == 0:
         return "the file is empty"
+    with open(path, "rb") as f:
+        start = f.read(16)
+    if not start.startswith(TORCH_FILE_STARTS):
+        return "not a PyTorch checkpoint: the file is in neither of torch.save's formats"
+    if "Weights only load failed" in reason:
+        return "it holds pickled objects other than tensors and plain data; refusing to load it"
     # torch's own messages for a damaged file are often bare ('101', ''): say what the file is not.
     kind = type(error).__name__
     return f"not a complete PyTorch checkpoint ({kind if reason == kind else f'{kind}: {reason}'})"
