@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.helpers import (
     CONFIGS,
@@ -174,3 +175,18 @@ def test_a_data_dir_that_is_a_file_is_one_line(workdir: Path) -> None:
     (workdir / "afile").write_text("not a folder")
     result = cli(workdir, "fit", *CONFIGS, "--data.data_dir", "afile")
     assert_one_clear_line(result, "data.data_dir afile is a file, not a folder")
+
+
+def test_max_image_pixels_above_pillows_own_limit_takes_effect(trained: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the test
+    folder = trained / "huge"
+    folder.mkdir()
+    (folder / "huge_20000.png").write_bytes(
+        png_header_only(20_000, 20_000)
+    )  # 400 MP, Pillow refuses > 358 MP
+    result = cli(
+        trained, "predict", *CONFIGS, "--ckpt_path", "best", "--data.predict_dir", "huge",
+        "--data.max_image_pixels", "500000000",
+    )  # fmt: skip
+    reason = next(line for line in result.stderr.splitlines() if "skipped" in line)
+    assert "bomb" not in reason.lower() and "over the limit" not in reason, reason  # opened; then truncated

@@ -33,6 +33,14 @@ def classify(model: LitClassifier, image: Image.Image) -> tuple[int, float]:
     return int(predicted), float(probability)
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to ``max_pixels``: its own bomb check refuses twice its
+    ``MAX_IMAGE_PIXELS`` (179 MP) before ours is asked, so a larger cap would have no effect. A
+    process-wide setting of Pillow's, only ever raised; our cap still applies to every image."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def image_files(pattern: str | Path) -> list[Path]:
     """The files to predict: a folder's entries (image suffixes, and other files to report as
     skipped), one file named literally (even if its name looks like a glob), or a glob's matches."""
@@ -54,6 +62,7 @@ def load_digits(
     Only regular files with an image suffix are opened (a FIFO would block forever), and an
     image's size is read from its header and checked against ``max_pixels`` before it is decoded.
     """
+    allow_pixels(max_pixels)
     images, used, skipped = [], [], []
     for file in files:
         if not file.is_file():

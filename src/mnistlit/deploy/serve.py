@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.inputs import DigitProbabilities
 from mnistlit.core.module import LitClassifier
-from mnistlit.deploy.images import MAX_IMAGE_PIXELS, preprocess_image
+from mnistlit.deploy.images import MAX_IMAGE_PIXELS, allow_pixels, preprocess_image
 
 MAX_UPLOAD_BYTES = 5_000_000
 
@@ -37,6 +37,7 @@ class Classifier:
     max_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
+        allow_pixels(self.max_pixels)
         self.model.eval()
         self.device = next(self.model.parameters()).device
         self.probabilities = DigitProbabilities(self.model.net).eval()
