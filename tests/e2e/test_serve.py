@@ -4,6 +4,7 @@ import base64
 import io
 import signal
 import socket
+import sys
 import time
 import urllib.request
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.serve import Classifier, create_app
-from tests.helpers import CONFIGS, cli, draw_seven, png_header_only, start_cli
+from tests.helpers import CONFIGS, assert_one_clear_line, cli, draw_seven, png_header_only, run_cli, start_cli
 
 
 def png(image: Image.Image) -> bytes:
@@ -159,3 +160,23 @@ def test_the_server_stops_cleanly_on_sigterm_and_frees_its_port(workdir) -> None
     assert sorted(p.name for p in (workdir / "lightning_logs").iterdir()) == ["version_0"], (
         "serve reserves no run"
     )
+
+
+def test_serve_without_its_extra_is_one_line_naming_it_before_any_checkpoint_is_read(
+    workdir, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails, as without the extra
+    result = cli(workdir, "serve", *CONFIGS, "--ckpt_path", "nowhere.ckpt")
+    assert_one_clear_line(result, "serve needs the serve extra (uvicorn is missing)", "mnistlit[serve]")
+
+
+def test_an_address_in_use_is_one_line_before_any_checkpoint_is_read(workdir) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A process of its own, with a timeout: if the check failed, the server would run on.
+        result = run_cli(
+            workdir, "serve", *CONFIGS, "--ckpt_path", "nowhere.ckpt", "--port", str(port), timeout=60
+        )
+    assert_one_clear_line(result, f"cannot listen on 127.0.0.1:{port}", "in use")

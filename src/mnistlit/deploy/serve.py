@@ -196,6 +196,35 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
     return app
 
 
+def require_extra() -> None:
+    """One line naming the ``serve`` extra when FastAPI, uvicorn or python-multipart is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        try:
+            import python_multipart  # noqa: F401
+        except ImportError:  # python-multipart before 0.0.13 has only its old name
+            import multipart  # noqa: F401
+    except ImportError as e:
+        raise MnistlitError(
+            f"serve needs the serve extra ({e.name} is missing): pip install 'mnistlit[serve]'"
+        ) from e
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail now, in one line, if ``host:port`` cannot be listened on (in use, not this machine's)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise MnistlitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
 def run(app, host: str, port: int) -> None:
     """Listen on ``host:port`` (0: a free port), print the address, serve until Ctrl-C or SIGTERM."""
     import signal

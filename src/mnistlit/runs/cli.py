@@ -83,6 +83,11 @@ class MnistCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
+        if subcommand == "serve":  # before the checkpoint and the model load, not after
+            from mnistlit.deploy import serve
+
+            serve.require_extra()
+            serve.check_address(config.host, config.port)
         max_epochs = config.trainer.get("max_epochs")
         if max_epochs is not None and max_epochs < 1 and max_epochs != -1:
             raise MnistlitError(
