@@ -1,12 +1,16 @@
 """mnistlit serve: the JSON API in-process (FastAPI's TestClient), and the real server in a subprocess."""
 
 import base64
+import concurrent.futures
 import io
 import signal
 import socket
+import statistics
 import sys
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +19,16 @@ from PIL import Image
 
 from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.serve import Classifier, create_app
-from tests.helpers import CONFIGS, assert_one_clear_line, cli, draw_seven, png_header_only, run_cli, start_cli
+from tests.helpers import (
+    CONFIGS,
+    assert_one_clear_line,
+    cli,
+    draw_digits,
+    draw_seven,
+    png_header_only,
+    run_cli,
+    start_cli,
+)
 
 
 def png(image: Image.Image) -> bytes:
@@ -28,6 +41,10 @@ SEVEN = png(draw_seven(size=(280, 280), origin=(90, 40)))
 
 
 PNG = {"content-type": "image/png"}
+# The server's peak resident memory while 16 images of 40 MP (6300x6300) are sent at once: the
+# process with torch and a model holds ~0.9 GB; each image decoded holds ~40 MB to ~160 MB
+# (grey to RGBA) until it is shrunk, and as many are decoded at once as there are cores.
+MAX_SERVER_MB = 1500
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +197,63 @@ def test_an_address_in_use_is_one_line_before_any_checkpoint_is_read(workdir) ->
             workdir, "serve", *CONFIGS, "--ckpt_path", "nowhere.ckpt", "--port", str(port), timeout=60
         )
     assert_one_clear_line(result, f"cannot listen on 127.0.0.1:{port}", "in use")
+
+
+def multipart(files: list[bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body of PNG files, and its content type."""
+    boundary = "mnistlit-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post(port: int, path: str, body: bytes, kind: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"content-type": kind}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as answer:
+            return answer.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.slow
+def test_health_answers_at_once_while_a_large_batch_and_large_images_are_in_flight(workdir) -> None:
+    fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    digits, _ = draw_digits(1000, seed=3)
+    batch, batch_kind = multipart([png(Image.fromarray(255 - d).resize((56, 56))) for d in digits])
+    large = png(draw_seven(size=(6300, 6300), origin=(2000, 1000)))  # 40 MP: under the cap
+    server = start_cli(workdir, "serve", *CONFIGS, "--ckpt_path", "best", "--port", "0")
+    try:
+        line = server.stdout.readline()
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        with concurrent.futures.ThreadPoolExecutor(17) as clients:
+            batch_done = clients.submit(post, port, "/predict/batch", batch, batch_kind)
+            time.sleep(0.5)  # the batch is being worked through
+            large_done = [clients.submit(post, port, "/predict", large, "image/png") for _ in range(16)]
+            waits = []
+            while not all(f.done() for f in large_done) or len(waits) < 20:
+                started = time.perf_counter()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+                    assert r.status == 200
+                waits.append(time.perf_counter() - started)
+                time.sleep(0.05)
+            slowest, median = max(waits) * 1000, statistics.median(waits) * 1000
+            assert slowest < 100, f"/health waited {slowest:.0f} ms (median {median:.0f} ms)"
+            assert [f.result() for f in large_done] == [200] * 16
+            assert not batch_done.done(), "the batch was still in flight the whole time"
+            status = Path(f"/proc/{server.pid}/status").read_text()
+            peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
+            server.send_signal(signal.SIGTERM)
+    finally:
+        server.kill()
+        server.communicate()
+    assert peak_mb < MAX_SERVER_MB, f"peak RSS {peak_mb:.0f} MB"
+    print(f"/health slowest {slowest:.1f} ms, median {median:.1f} ms; peak RSS {peak_mb:.0f} MB")

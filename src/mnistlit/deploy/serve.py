@@ -4,6 +4,7 @@ import base64
 import binascii
 import io
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 
@@ -102,14 +103,46 @@ async def _as_stream(body: bytes):
     yield body
 
 
+def files_in_multipart(headers, body: bytes) -> list[bytes]:
+    """The files of a multipart body, parsed by Starlette's parser (in a worker thread: parsing a
+    thousand files is CPU work that must not hold up the event loop)."""
+    import anyio
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def parse() -> list[bytes]:
+        form = await MultiPartParser(headers, _as_stream(body)).parse()
+        return [await item.read() for _, item in form.multi_items() if hasattr(item, "read")]
+
+    try:
+        return anyio.run(parse)
+    except MultiPartException as e:
+        raise Rejected(400, f"the multipart body cannot be read: {one_line(e, 100)}") from e
+
+
+def images_in_json(body: bytes) -> list[bytes]:
+    """The images of a JSON body: ``{"image": "data:..."}`` or ``{"images": [...]}``."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Rejected(400, f"the body is not valid JSON: {one_line(e, 100)}") from e
+    except RecursionError as e:
+        raise Rejected(400, "the JSON is nested too deeply") from e
+    if not isinstance(payload, dict) or not ({"image", "images"} & payload.keys()):
+        raise Rejected(400, 'give {"image": "data:image/png;base64,..."} or {"images": [...]}')
+    values = payload["images"] if "images" in payload else [payload["image"]]
+    if not isinstance(values, list):
+        raise Rejected(400, '"images" must be a list')
+    return [image_from_data_url(value) for value in values]
+
+
 def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     """The FastAPI application: the page (``GET /``, static/index.html), ``POST /predict``,
     ``POST /predict/batch``, ``GET /health``."""
+    import anyio
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException, MultiPartParser
 
     app = FastAPI(title="mnistlit", description="Digits classified by a model trained with mnistlit.")
 
@@ -137,29 +170,23 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
                 raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
         return bytes(body)
 
+    # Decoding, preprocessing and the network run in worker threads, as many at once as there
+    # are cores; the event loop only moves bytes, so /health and new connections never wait for
+    # a large batch or a large image, and a burst of large images queues instead of each one
+    # holding its decoded pixels in memory at the same time.
+    workers = anyio.CapacityLimiter(os.cpu_count() or 1)
+
+    async def in_worker(function, *args):
+        return await anyio.to_thread.run_sync(function, *args, limiter=workers)
+
     async def images_in(request: Request) -> list[bytes]:
         """Every image of a request: multipart files, a JSON ``image``/``images``, or the raw body."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await body_of(request)
         if kind == "multipart/form-data":
-            try:
-                form = await MultiPartParser(request.headers, _as_stream(body)).parse()
-            except MultiPartException as e:
-                raise Rejected(400, f"the multipart body cannot be read: {one_line(e, 100)}") from e
-            return [await item.read() for _, item in form.multi_items() if hasattr(item, "read")]
+            return await in_worker(files_in_multipart, request.headers, body)
         if kind == "application/json":
-            try:
-                payload = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise Rejected(400, f"the body is not valid JSON: {one_line(e, 100)}") from e
-            except RecursionError as e:
-                raise Rejected(400, "the JSON is nested too deeply") from e
-            if not isinstance(payload, dict) or not ({"image", "images"} & payload.keys()):
-                raise Rejected(400, 'give {"image": "data:image/png;base64,..."} or {"images": [...]}')
-            values = payload["images"] if "images" in payload else [payload["image"]]
-            if not isinstance(values, list):
-                raise Rejected(400, '"images" must be a list')
-            return [image_from_data_url(value) for value in values]
+            return await in_worker(images_in_json, body)
         if kind.startswith("image/") or kind == "application/octet-stream":
             return [body]
         raise Rejected(
@@ -171,14 +198,14 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
         images = await images_in(request)
         if len(images) != 1:
             raise Rejected(400, f"/predict takes one image, got {len(images)} (use /predict/batch)")
-        return classifier.predict(images[0])
+        return await in_worker(classifier.predict, images[0])
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request) -> list[dict]:
         results = []
-        for data in await images_in(request):
+        for data in await images_in(request):  # one image a turn: other requests go in between
             try:
-                results.append(classifier.predict(data))
+                results.append(await in_worker(classifier.predict, data))
             except Rejected as e:
                 results.append({"error": str(e)})
         return results
