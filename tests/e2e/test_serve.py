@@ -2,6 +2,7 @@
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import signal
 import socket
@@ -257,3 +258,32 @@ def test_health_answers_at_once_while_a_large_batch_and_large_images_are_in_flig
         server.communicate()
     assert peak_mb < MAX_SERVER_MB, f"peak RSS {peak_mb:.0f} MB"
     print(f"/health slowest {slowest:.1f} ms, median {median:.1f} ms; peak RSS {peak_mb:.0f} MB")
+
+
+@pytest.mark.slow
+def test_a_chunked_upload_over_the_limit_is_cut_off(workdir) -> None:
+    fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    server = start_cli(workdir, "serve", *CONFIGS, "--ckpt_path", "best", "--port", "0")
+    try:
+        port = int(server.stdout.readline().split("127.0.0.1:")[1].split()[0])
+        sent, chunk = 0, b"x" * 65536
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            try:
+                while sent < 200_000_000:
+                    connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                answer = connection.recv(65536)
+        assert sent < 50_000_000, f"the server took {sent / 1e6:.0f} MB after its 5 MB limit"
+        assert answer.startswith(b"HTTP/1.1 413") or answer == b"", answer[:200]
+    finally:
+        server.kill()
+        server.communicate()
