@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FIT, cli, tiny_config, write_synthetic_mnist
+from tests.helpers import CONFIGS, FIT, cli, tiny_config, write_synthetic_mnist
 
 
 @pytest.fixture
@@ -31,3 +31,13 @@ def reference_run(tmp_path_factory) -> Path:
     result = cli(workdir, *FIT)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir / "lightning_logs" / "version_0"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder with one run trained for an epoch (version_0), shared by a test module."""
+    workdir = tmp_path_factory.mktemp("trained")
+    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
+    result = cli(workdir, "fit", *CONFIGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -17,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import traceback
 import warnings
 import zlib
@@ -282,3 +283,27 @@ sys.argv[0] = "mnistlit"
 from mnistlit.runs.cli import main
 main()
 """
+
+
+# A test callback that slows validation down and marks it in the working folder (tests/probes.py).
+SLOW_VALIDATION = (
+    "--trainer.callbacks+",
+    "tests.probes.SlowValidation",
+    "--trainer.num_sanity_val_steps",
+    "0",
+)
+
+
+def runs(workdir: Path) -> list[str]:
+    """The run folders under ``workdir/lightning_logs``, sorted."""
+    folder = workdir / "lightning_logs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` exists, as long as ``process`` lives."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)

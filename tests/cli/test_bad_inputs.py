@@ -14,24 +14,8 @@ from tests.helpers import (
     cli,
     draw_seven,
     png_header_only,
-    tiny_config,
-    write_synthetic_mnist,
+    runs,
 )
-
-
-def runs(workdir: Path) -> list[str]:
-    folder = workdir / "lightning_logs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-
-    workdir = tmp_path_factory.mktemp("trained")
-    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    result = cli(workdir, "fit", *CONFIGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
 
 
 class Blocked(Exception):

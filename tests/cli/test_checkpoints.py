@@ -17,8 +17,7 @@ from tests.helpers import (
     cli,
     copy_reference,
     last_ckpt,
-    tiny_config,
-    write_synthetic_mnist,
+    runs,
 )
 
 
@@ -31,11 +30,6 @@ def files_of(run: Path) -> dict[str, str]:
     }
 
 
-def runs(workdir: Path) -> list[str]:
-    folder = workdir / "lightning_logs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
 class _CreatesAFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -45,13 +39,8 @@ class _CreatesAFile:
 
 
 @pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory) -> bytes:
-
-    workdir = tmp_path_factory.mktemp("good")
-    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    result = cli(workdir, "fit", *CONFIGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return last_ckpt(workdir, 0).read_bytes()
+def good_checkpoint(trained: Path) -> bytes:
+    return last_ckpt(trained, 0).read_bytes()
 
 
 @pytest.mark.slow

@@ -35,7 +35,6 @@ EXPORT = ("export", *CONFIGS, "--ckpt_path", "best")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A folder with one trained run (version_0) and its default export."""
-
     workdir = tmp_path_factory.mktemp("export")
     tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
     fitted = cli(workdir, "fit", *CONFIGS)

@@ -1,30 +1,8 @@
 """Two processes at once: each run has one writer and its own folder."""
 
-import subprocess
-import time
 from pathlib import Path
 
-from tests.helpers import CONFIGS, FIT, assert_one_clear_line, cli, start_cli
-
-SLOW_VALIDATION = (
-    "--trainer.callbacks+",
-    "tests.probes.SlowValidation",
-    "--trainer.num_sanity_val_steps",
-    "0",
-)
-
-
-def runs(workdir: Path) -> list[str]:
-    folder = workdir / "lightning_logs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+from tests.helpers import CONFIGS, FIT, SLOW_VALIDATION, assert_one_clear_line, cli, runs, start_cli, wait_for
 
 
 def test_a_second_process_writing_the_same_run_is_refused(workdir: Path) -> None:

@@ -14,46 +14,17 @@ from mnistlit.runs.precision import cpu_bf16_instructions
 from tests.helpers import (
     CONFIGS,
     FIT,
+    SLOW_VALIDATION,
     assert_same_weights,
     cli,
     copy_reference,
     last_ckpt,
+    runs,
     start_cli,
     step_of,
-    tiny_config,
+    wait_for,
     weights,
-    write_synthetic_mnist,
 )
-
-SLOW_VALIDATION = (
-    "--trainer.callbacks+",
-    "tests.probes.SlowValidation",
-    "--trainer.num_sanity_val_steps",
-    "0",
-)
-
-
-def runs(workdir: Path) -> list[str]:
-    folder = workdir / "lightning_logs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-
-    workdir = tmp_path_factory.mktemp("trained")
-    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    result = cli(workdir, "fit", *CONFIGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
 
 
 def wait_for_checkpoint(path: Path, process: subprocess.Popen, at_least: int) -> None:

@@ -154,7 +154,6 @@ def test_a_monitor_the_model_never_logs_is_refused_before_training(data) -> None
 
 
 def test_config_yaml_records_the_precision_that_ran(tiny_data, tmp_path: Path, monkeypatch) -> None:
-
     _, md5 = tiny_data
     monkeypatch.chdir(tmp_path)
     tiny_config(tmp_path, md5, max_epochs=1)
