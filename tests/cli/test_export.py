@@ -24,8 +24,6 @@ from tests.helpers import (
     assert_one_clear_line,
     cli,
     draw_digits,
-    tiny_config,
-    write_synthetic_mnist,
 )
 from tests.probes import AlwaysDropoutNet
 
@@ -33,16 +31,12 @@ EXPORT = ("export", *CONFIGS, "--ckpt_path", "best")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A folder with one trained run (version_0) and its default export."""
-    workdir = tmp_path_factory.mktemp("export")
-    tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"), max_epochs=1)
-    fitted = cli(workdir, "fit", *CONFIGS)
-    assert fitted.returncode == 0, fitted.stderr[-3000:]
-    exported = cli(workdir, *EXPORT)
+def trained(trained: Path) -> Path:
+    """The shared trained run (conftest.py), with its default export."""
+    exported = cli(trained, *EXPORT)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    (workdir / "export.out").write_text(exported.stdout)
-    return workdir
+    (trained / "export.out").write_text(exported.stdout)
+    return trained
 
 
 def best_of(workdir: Path) -> Path:
