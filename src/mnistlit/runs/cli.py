@@ -18,7 +18,7 @@ from mnistlit.runs.data import MNISTDataModule
 from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, format_table
 from mnistlit.runs.progress import EpochLines
 from mnistlit.runs.signals import RunStopped, StopOnSignal
-from mnistlit.runs.trainer import Trainer
+from mnistlit.runs.trainer import BEST_CHECKPOINT, Trainer
 
 
 class MnistArgumentParser(LightningArgumentParser):
@@ -53,14 +53,7 @@ class MnistCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val_acc",
-                "checkpoint.mode": "max",
-                "checkpoint.save_top_k": 1,
-                "checkpoint.filename": "best-{epoch:02d}-{val_acc:.4f}",
-            }
-        )
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in BEST_CHECKPOINT.items()})
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # The dataset decides how many classes the model and its network predict.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

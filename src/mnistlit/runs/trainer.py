@@ -33,12 +33,17 @@ from mnistlit.runs.process import CachedCudaCheck, keep_freed_memory, quiet_know
 from mnistlit.runs.rng import ExactResume
 from mnistlit.runs.signals import StopOnSignal
 
+# The best weights by validation accuracy (the seed recipe's checkpoint); the CLI's defaults too.
+BEST_CHECKPOINT: dict[str, Any] = {
+    "monitor": "val_acc",
+    "mode": "max",
+    "save_top_k": 1,
+    "filename": "best-{epoch:02d}-{val_acc:.4f}",
+}
+
 
 def best_checkpoint() -> ModelCheckpoint:
-    """The best weights by validation accuracy (the seed recipe's checkpoint)."""
-    return ModelCheckpoint(
-        monitor="val_acc", mode="max", save_top_k=1, filename="best-{epoch:02d}-{val_acc:.4f}"
-    )
+    return ModelCheckpoint(**BEST_CHECKPOINT)
 
 
 class Trainer(L.Trainer):
