@@ -1,3 +1,4 @@
+import gc
 import signal
 import sys
 
@@ -12,4 +13,10 @@ try:
 except KeyboardInterrupt:
     sys.exit("mnistlit: stopped by Ctrl-C during start-up; nothing was saved")
 
-main()
+try:
+    main()
+finally:
+    # Everything is saved and closed by now. The interpreter's clean-up collects garbage again as
+    # it tears down each of torch's and Lightning's modules: about a second on 2 cores, which a
+    # stopped server or a finished run would otherwise spend before exiting. Frozen objects are skipped.
+    gc.freeze()

@@ -1,5 +1,6 @@
 """``mnistlit serve``: a page to draw a digit on and a JSON API, on FastAPI + uvicorn, in one process."""
 
+import asyncio
 import base64
 import binascii
 import io
@@ -18,6 +19,14 @@ from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.images import MAX_IMAGE_PIXELS, allow_pixels, preprocess_image
 
 MAX_UPLOAD_BYTES = 5_000_000
+# What a client may hold: a connection sends its request headers within HEADER_SECONDS and its
+# body within BODY_SECONDS, an idle keep-alive connection closes after KEEP_ALIVE_SECONDS, and
+# beyond MAX_CONNECTIONS open at once a new one is answered 503. A browser or curl needs
+# milliseconds for each; a client sending a byte a second would otherwise hold a connection forever.
+HEADER_SECONDS = 10
+BODY_SECONDS = 60
+KEEP_ALIVE_SECONDS = 5
+MAX_CONNECTIONS = 256
 
 
 class Rejected(Exception):
@@ -26,6 +35,13 @@ class Rejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Stopping(Rejected):
+    """The server was stopped while it worked on this request: the 503 a client may retry."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the server stopped before this request was answered")
 
 
 @dataclass
@@ -150,7 +166,7 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
     async def rejected(request: Request, error: Rejected) -> JSONResponse:
         # After a 413 the rest of the body is not wanted: closing the connection stops the
         # client's upload (a chunked one has no length to refuse up front).
-        closing = {"connection": "close"} if error.status == 413 else None
+        closing = {"connection": "close"} if error.status in (408, 413) else None
         return JSONResponse({"error": str(error)}, status_code=error.status, headers=closing)
 
     @app.exception_handler(HTTPException)
@@ -167,10 +183,14 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_upload_bytes:
-                raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
+        try:
+            with anyio.fail_after(BODY_SECONDS):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > max_upload_bytes:
+                        raise Rejected(413, f"the upload is larger than {max_upload_bytes:,} bytes")
+        except TimeoutError:
+            raise Rejected(408, f"the upload took longer than {BODY_SECONDS} s") from None
         return bytes(body)
 
     # Decoding, preprocessing and the network run in worker threads, as many at once as there
@@ -180,7 +200,10 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
     workers = anyio.CapacityLimiter(os.cpu_count() or 1)
 
     async def in_worker(function, *args):
-        return await anyio.to_thread.run_sync(function, *args, limiter=workers)
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=workers)
+        except asyncio.CancelledError:  # a stop: uvicorn cancels what is still running after a second
+            raise Stopping() from None
 
     async def images_in(request: Request) -> list[bytes]:
         """Every image of a request: multipart files, a JSON ``image``/``images``, or the raw body."""
@@ -209,6 +232,8 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
         for data in await images_in(request):  # one image a turn: other requests go in between
             try:
                 results.append(await in_worker(classifier.predict, data))
+            except Stopping:
+                raise
             except Rejected as e:
                 results.append({"error": str(e)})
         return results
@@ -255,6 +280,65 @@ def check_address(host: str, port: int) -> None:
             raise MnistlitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
 
+def bounded_connections():
+    """uvicorn's HTTP/1.1 protocol with the limits it lacks: a deadline for a request's headers
+    (its keep-alive timer restarts on every byte received, and is not armed before the first
+    request), and a JSON 503 instead of its plain-text one beyond ``MAX_CONNECTIONS``."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedConnection(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.header_deadline: asyncio.TimerHandle | None = None
+            if len(self.connections) > MAX_CONNECTIONS:
+                body = json.dumps({"error": f"the server has {MAX_CONNECTIONS} connections open; try again"})
+                transport.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body.encode())
+                )
+                transport.close()
+                return
+            self.wait_for_headers()
+
+        def on_response_complete(self) -> None:
+            self.wait_for_headers()  # first: the call below may already read a pipelined request
+            super().on_response_complete()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:  # the request's headers have arrived
+                self.stop_waiting()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.stop_waiting()
+            super().connection_lost(exc)
+
+        def wait_for_headers(self) -> None:
+            self.stop_waiting()
+            self.header_deadline = self.loop.call_later(HEADER_SECONDS, self.transport.close)
+
+        def stop_waiting(self) -> None:
+            if self.header_deadline is not None:
+                self.header_deadline.cancel()
+                self.header_deadline = None
+
+    return BoundedConnection
+
+
+def uvicorn_config(app):
+    """The server's settings: the limits above, and at most a second for requests in flight at a stop."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        http=bounded_connections(),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=1,
+        log_level="warning",
+    )
+
+
 def run(app, host: str, port: int) -> None:
     """Listen on ``host:port`` (0: a free port), print the address, serve until Ctrl-C or SIGTERM."""
     import signal
@@ -280,7 +364,7 @@ def run(app, host: str, port: int) -> None:
         f"serving on http://{shown}:{bound} (API docs: http://{shown}:{bound}/docs); Ctrl-C stops it",
         flush=True,
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(uvicorn_config(app))
     # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then raises the same signal again for
     # the handler it found: ignored here, so that the stop ends with one line and exit code 0.
     stops = (signal.SIGINT, signal.SIGTERM)
