@@ -21,9 +21,11 @@ import time
 import traceback
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
@@ -141,6 +143,7 @@ def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     handlers = [h for lg in loggers for h in lg.handlers if type(h) is logging.StreamHandler]
     streams = [handler.setStream(err) for handler in handlers]
+    levels = [logger.level for logger in loggers]  # describe, serve and export quieten them
     ours = logging.StreamHandler(err)
     if not handlers:
         for logger in loggers:
@@ -173,8 +176,9 @@ def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         signal.signal(signal.SIGINT, sigint)
         for handler, stream in zip(handlers, streams, strict=True):
             handler.setStream(stream)
-        for logger in loggers:
+        for logger, level in zip(loggers, levels, strict=True):
             logger.removeHandler(ours)
+            logger.setLevel(level)
     return subprocess.CompletedProcess(["mnistlit", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -307,3 +311,18 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` as a read-only file system (a read-only bind mount of itself): as root, chmod
+    does not stop writes. Skips where mounting is not allowed (not root); CI runs as root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount {folder}: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, capture_output=True)

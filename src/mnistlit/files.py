@@ -4,6 +4,7 @@ Used by every writer in mnistlit: checkpoints, exported models, figures, history
 dataset's files. (Lives outside core/, runs/ and deploy/ because runs/ and deploy/ both use it.)
 """
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -47,4 +48,11 @@ def atomic_write(path: Path, data: bytes | memoryview | Callable[[BinaryIO], obj
         write_synced(partial, data)
         replace_synced(partial, path)
     finally:
+        remove_partial(partial)
+
+
+def remove_partial(partial: Path) -> None:
+    """Remove a temporary file if it is there. Where it could not be made (a read-only folder),
+    removing it fails too: that error would hide the one that says what happened."""
+    with contextlib.suppress(OSError):
         partial.unlink(missing_ok=True)

@@ -161,6 +161,15 @@ def test_a_data_dir_that_is_a_file_is_one_line(workdir: Path) -> None:
     assert_one_clear_line(result, "data.data_dir afile is a file, not a folder")
 
 
+def test_a_dataset_file_that_is_a_folder_is_named_as_a_folder_not_as_missing(workdir: Path) -> None:
+    images = workdir / "data" / "mnist" / "train-images-idx3-ubyte"
+    images.unlink()
+    images.mkdir()
+    result = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert_one_clear_line(result, "train-images-idx3-ubyte is a folder, not the file")
+    assert "train-images-idx3-ubyte missing" not in result.stderr
+
+
 def test_max_image_pixels_above_pillows_own_limit_takes_effect(trained: Path, monkeypatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the test
     folder = trained / "huge"

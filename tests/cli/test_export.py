@@ -24,6 +24,7 @@ from tests.helpers import (
     assert_one_clear_line,
     cli,
     draw_digits,
+    read_only,
 )
 from tests.probes import AlwaysDropoutNet
 
@@ -155,6 +156,18 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(trained: Path) -> None:
     )  # fmt: skip
     assert_one_clear_line(result, "could not write", "model.onnx: File too large", "nothing was exported")
     assert files_in(trained / "full") == []
+
+
+def test_a_read_only_folder_or_a_folder_in_the_files_place_is_named_as_the_target(trained: Path) -> None:
+    with read_only(trained / "read-only") as folder:
+        result = cli(trained, *EXPORT, "--output", str(folder))
+    assert_one_clear_line(
+        result, f"could not write {folder}/model.onnx: Read-only file system; nothing was exported"
+    )
+    (trained / "taken" / "model.onnx").mkdir(parents=True)
+    result = cli(trained, *EXPORT, "--output", "taken")
+    assert_one_clear_line(result, "could not write taken/model.onnx: Is a directory; nothing was exported")
+    assert files_in(trained / "taken") == ["model.onnx"], "no temporary file left beside it"
 
 
 def test_a_network_onnx_cannot_express_is_named_with_its_operator(trained: Path) -> None:

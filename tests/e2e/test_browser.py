@@ -3,7 +3,8 @@
 Digits are drawn with the mouse along scripted strokes, in the seven-segment style of the
 synthetic training digits (tests/conftest.py), so a model trained here for a few seconds
 reads them. Set MNISTLIT_SERVE_SCREENSHOT to a path to keep the page's screenshot there
-(docs/serve.png in the README is one)."""
+(docs/serve.png in the README is one). The empty, dot and error states are screenshotted into
+each test's tmp_path."""
 
 import os
 import shutil
@@ -107,8 +108,47 @@ def test_an_uploaded_photo_is_read_and_a_bad_file_is_one_message(page, server, t
     Image.fromarray(255 - images[index]).resize((280, 280)).save(tmp_path / "seven.png")  # dark ink on paper
     page.set_input_files("#file", str(tmp_path / "seven.png"))
     expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
+    page.click("#clear")
+    expect(page.locator("#digit")).to_have_text("–")
+    page.set_input_files("#file", str(tmp_path / "seven.png"))  # the same photo again is read again
+    expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
 
     (tmp_path / "bomb.png").write_bytes(png_header_only(20_000, 20_000))
     page.set_input_files("#file", str(tmp_path / "bomb.png"))
     expect(page.locator("#status")).to_contain_text("pixels")
     expect(page.locator("#digit")).to_have_text("–")
+    assert_no_broken_image(page)
+    page.screenshot(path=tmp_path / "error.png")
+
+
+def assert_no_broken_image(page) -> None:
+    """With no answer, the 28×28 box is black: no broken-image icon or alt text over it."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#seen")).to_be_hidden()
+    assert page.locator("#seen").get_attribute("src") is None
+
+
+def test_the_empty_page_and_a_dot_show_no_broken_image_and_a_dot_asks_for_a_digit(
+    page, server, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, workdir = server
+    expect(page.locator("#model")).to_contain_text(" · version_0/checkpoints/best-")
+    assert str(workdir) not in page.locator("#model").inner_text(), "no folders of the server's machine"
+    assert_no_broken_image(page)
+    page.screenshot(path=tmp_path / "empty.png")
+
+    draw(page, [[(140, 140)]])  # one tap
+    expect(page.locator("#status")).to_have_text("too little ink to be a digit (a dot?): draw a digit")
+    expect(page.locator("#digit")).to_have_text("–")
+    assert_no_broken_image(page)
+    page.screenshot(path=tmp_path / "dot.png")
+
+    draw(page, STROKES["7"])  # the dot and a 7: read as the 7
+    expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
+    expect(page.locator("#seen")).to_be_visible()
+    page.click("#clear")
+    expect(page.locator("#digit")).to_have_text("–")
+    assert_no_broken_image(page)

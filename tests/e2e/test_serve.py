@@ -37,6 +37,7 @@ from tests.helpers import (
     run_cli,
     start_cli,
 )
+from tests.unit.deploy.test_preprocess import dot
 
 
 def png(image: Image.Image) -> bytes:
@@ -163,6 +164,7 @@ def test_a_batch_answers_every_image_in_order_with_an_error_for_the_bad_one(clie
             422,
             "pixels",
         ),
+        ({"content": png(dot()), "headers": PNG}, 422, "too little ink to be a digit (a dot?): draw a digit"),
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "not text/plain"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
         ({"json": {"picture": "x"}}, 400, '{"image"'),
@@ -180,6 +182,7 @@ def test_a_batch_answers_every_image_in_order_with_an_error_for_the_bad_one(clie
         "blank",
         "too-large",
         "bomb",
+        "dot",
         "content-type",
         "bad-json",
         "no-image-key",
@@ -266,7 +269,9 @@ def test_the_server_stops_cleanly_and_frees_its_port(trained: Path, stop, busy: 
         line = server.stdout.readline()
         assert line.startswith("serving on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
         port = int(line.split("127.0.0.1:")[1].split()[0])
-        assert get(port, "/health")[1]["model"]["net"] == "mnistlit.core.nets.Net"
+        model = get(port, "/health")[1]["model"]
+        assert model["net"] == "mnistlit.core.nets.Net"
+        assert model["checkpoint"].startswith("version_0/checkpoints/best-"), "no folders of this machine"
         with concurrent.futures.ThreadPoolExecutor(4) as clients:
             if busy:
                 digits, _ = draw_digits(1000, seed=3)
@@ -287,6 +292,7 @@ def test_the_server_stops_cleanly_and_frees_its_port(trained: Path, stop, busy: 
     assert server.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == "mnistlit: server stopped"
     assert "Traceback" not in stderr
+    assert not {"Seed set", "GPU available", "TPU available"} & {line[:13] for line in stderr.splitlines()}
     with socket.socket() as s:  # nothing listens there any more (a restarted server could bind it)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))

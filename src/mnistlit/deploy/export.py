@@ -20,7 +20,7 @@ from torch import nn
 
 from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.inputs import DigitProbabilities
-from mnistlit.files import partial_path, replace_synced, write_synced
+from mnistlit.files import partial_path, remove_partial, replace_synced, write_synced
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 INPUT, OUTPUT = "digits", "probabilities"
@@ -134,7 +134,7 @@ def write_partial(path: Path, data: bytes) -> Path:
     try:
         write_synced(partial, data)
     except OSError as e:
-        partial.unlink(missing_ok=True)
+        remove_partial(partial)
         raise MnistlitError(f"could not write {path}: {e.strerror or e}; nothing was exported") from e
     return partial
 
@@ -215,11 +215,16 @@ def export(
                 f"largest probability difference {worst.max_difference:.1e} "
                 f"(allowed {MAX_PROBABILITY_DIFFERENCE:.0e}); nothing was exported"
             )
-        written = []
+        written: list[Path] = []
         for format, partial in partials.items():
-            replace_synced(partial, output / FORMATS[format])
-            written.append(output / FORMATS[format])
+            target = output / FORMATS[format]
+            try:
+                replace_synced(partial, target)
+            except OSError as e:
+                kept = f"{', '.join(map(str, written))} written" if written else "nothing was exported"
+                raise MnistlitError(f"could not write {target}: {e.strerror or e}; {kept}") from e
+            written.append(target)
         return written, summary
     finally:
         for partial in partials.values():
-            partial.unlink(missing_ok=True)
+            remove_partial(partial)

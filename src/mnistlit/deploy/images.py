@@ -15,6 +15,7 @@ from mnistlit.deploy.preprocess import mnist_digit
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Well under PIL's own bomb limit (179 MP): a 40 MP RGBA image decodes into 160 MB.
 MAX_IMAGE_PIXELS = 40_000_000
+GONE = "no longer there (deleted or moved while predict ran)"
 
 
 def preprocess_image(image: Image.Image) -> torch.Tensor:
@@ -65,6 +66,10 @@ def load_digits(
     allow_pixels(max_pixels)
     images, used, skipped = [], [], []
     for file in files:
+        if not file.exists():
+            gone = "a link to a missing file" if file.is_symlink() else GONE
+            skipped.append((file, gone))
+            continue
         if not file.is_file():
             skipped.append((file, "not a regular file"))
             continue
@@ -82,7 +87,11 @@ def load_digits(
                         )
                     images.append(preprocess_image(image))
             used.append(file)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        except FileNotFoundError:
+            skipped.append((file, GONE))
+        except Image.DecompressionBombError:  # over twice Pillow's own limit: refused before our check
+            skipped.append((file, f"over the limit of {max_pixels:,} pixels (data.max_image_pixels)"))
+        except (OSError, UnidentifiedImageError, ValueError) as e:
             skipped.append((file, one_line(e, 200)))
     stacked = torch.stack(images) if images else torch.zeros((0, 28, 28), dtype=torch.uint8)
     return stacked, used, skipped

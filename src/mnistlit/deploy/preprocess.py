@@ -18,6 +18,9 @@ WORKING_SIDE = 1024
 # not the field's middle 13.5. Measured over its test set; centring at 13.5 moved every digit
 # half a pixel up and left of what the networks were trained on (docs/handwriting.md).
 MNIST_CENTRE = 14.0
+# Ink spanning less than this share of the image is a dot or a speck, not a digit: scaled up to
+# 20 pixels like a digit, a tap on the drawing pad was read as a confident 0.
+MIN_INK_EXTENT = 0.1
 
 
 def mnist_digit(image: Image.Image) -> np.ndarray:
@@ -28,6 +31,8 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
         raise ValueError("no ink found: the image is blank")
     crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = crop.shape
+    if max(height, width) < MIN_INK_EXTENT * max(ink.shape):
+        raise ValueError("too little ink to be a digit (a dot?): draw a digit")
     scale = 20 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     digit = np.asarray(

@@ -67,7 +67,9 @@ class Classifier:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError as e:  # its message is the repr of our buffer
             raise Rejected(422, "not an image that can be read (PNG, JPEG, GIF, BMP, TIFF or WebP)") from e
-        except (Image.DecompressionBombError, OSError) as e:
+        except Image.DecompressionBombError as e:  # over twice Pillow's own limit: refused before ours
+            raise Rejected(422, f"the image is over the limit of {self.max_pixels:,} pixels") from e
+        except OSError as e:
             raise Rejected(422, f"not an image that can be read: {one_line(e, 200)}") from e
         if image.width * image.height > self.max_pixels:
             raise Rejected(

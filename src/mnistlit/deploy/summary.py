@@ -32,6 +32,15 @@ def summary(path: str | Path, checkpoint: dict, model: LitClassifier, datamodule
     }
 
 
+def run_relative(path: str | Path) -> str:
+    """A checkpoint's name, from its run folder when it lies in one (``version_3/checkpoints/x.ckpt``):
+    what the server shows, without this machine's folders."""
+    path = Path(path)
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/checkpoints/{path.name}"
+    return path.name
+
+
 def describe(about: dict) -> str:
     """A ``summary`` as the lines ``mnistlit describe`` prints."""
     val_acc = f"{about['val_acc']:.4f} (the run's best)" if about["val_acc"] is not None else "not recorded"

@@ -1,5 +1,6 @@
 """The command line: LightningCLI wired to our callbacks, run folders and the checks every run needs."""
 
+import logging
 import signal
 import sys
 from importlib.metadata import version
@@ -76,6 +77,11 @@ class MnistCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
+        if subcommand not in self.runs_a_model:
+            # describe, serve and export print what they do; Lightning's lines about the seed and
+            # the accelerators would be noise above them.
+            for name in ("lightning.pytorch", "lightning.fabric"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         if subcommand == "serve":  # before the checkpoint and the model load, not after
             from mnistlit.deploy import serve
 

@@ -53,7 +53,9 @@ def from_local_files(dataset: IDXDataset, folder: Path) -> None:
     for name in dataset.files:
         md5 = dataset.md5[name]
         path = folder / name
-        if not path.is_file():
+        if path.is_dir():
+            problems.append(f"{name} is a folder, not the file")
+        elif not path.is_file():
             problems.append(f"{name} missing")
         elif md5_of(path) != md5:
             problems.append(f"{name} has the wrong MD5 (corrupt or not the real file)")

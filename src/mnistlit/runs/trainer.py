@@ -22,7 +22,7 @@ from mnistlit.core.errors import MnistlitError
 from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.images import MAX_IMAGE_PIXELS
 from mnistlit.deploy.serve import MAX_UPLOAD_BYTES
-from mnistlit.deploy.summary import describe, summary
+from mnistlit.deploy.summary import describe, run_relative, summary
 from mnistlit.runs import checkpoints, folders, precision
 from mnistlit.runs.checkpoints import LastCheckpoint
 from mnistlit.runs.history import EpochHistory
@@ -275,9 +275,8 @@ class Trainer(L.Trainer):
 
         checkpoint = self.checkpoint(ckpt_path)
         model.load_state_dict(checkpoint["state_dict"])
-        classifier = serve.Classifier(
-            model, datamodule.class_names, summary(ckpt_path, checkpoint, model, datamodule), max_image_pixels
-        )
+        about = summary(ckpt_path, checkpoint, model, datamodule) | {"checkpoint": run_relative(ckpt_path)}
+        classifier = serve.Classifier(model, datamodule.class_names, about, max_image_pixels)
         serve.run(serve.create_app(classifier, max_upload_bytes), host, port)
 
     def export(
