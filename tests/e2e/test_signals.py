@@ -1,5 +1,6 @@
 """Real signals at real moments (a step, validation, start-up, test): what is saved and said."""
 
+import csv
 import random
 import signal
 import subprocess
@@ -25,6 +26,26 @@ from tests.helpers import (
     wait_for,
     weights,
 )
+
+
+def history_of(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_history(workdir: Path) -> None:
+    """The resumed run's history.csv (version_1) has the uninterrupted run's rows (version_0), to the
+    digits fit prints, every column but the seconds: the interrupted epoch's train_loss and
+    train_acc cover all its steps, not only those after the resume."""
+    logs = workdir / "lightning_logs"
+
+    def printed(rows: list[dict[str, str]]) -> list[list[str]]:
+        columns = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+        return [[row["epoch"]] + [f"{float(row[c]):.4f}" for c in columns[1:]] for row in rows]
+
+    reference, resumed = printed(history_of(logs / "version_0")), printed(history_of(logs / "version_1"))
+    assert [row[0] for row in resumed] == ["0", "1", "2", "3"]
+    assert resumed == reference
 
 
 def wait_for_checkpoint(path: Path, process: subprocess.Popen, at_least: int) -> None:
@@ -59,12 +80,15 @@ def test_a_stop_during_validation_saves_after_it_and_resumes_bit_identical(
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"mnistlit: stopped by {name} at step {saved}; saved "), last_line
 
+    # What the stop left: epoch 0's row (its validation was over) and the curves.
+    stopped = workdir / "lightning_logs" / "version_1"
+    assert [row["epoch"] for row in history_of(stopped)] == ["0"]
+    assert (stopped / "learning_curves.png").stat().st_size > 0
+
     resumed = cli(workdir, *FIT, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(last_ckpt(workdir, 0), last_ckpt(workdir, 1))
-    history = (workdir / "lightning_logs" / "version_1" / "history.csv").read_text()
-    assert [line.split(",")[0] for line in history.splitlines()] == ["epoch", "0", "1", "2", "3"]
-    assert "nan" not in history, "every row is complete"
+    assert_same_history(workdir)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
@@ -136,8 +160,7 @@ def test_a_stopped_run_resumes_to_bit_identical_weights(
     best = resolve("best", workdir / "lightning_logs")
     (reference_best,) = last_ckpt(workdir, 0).parent.glob("best-*.ckpt")
     assert best.parent == last_ckpt(workdir, 1).parent and best.name == reference_best.name
-    with open(workdir / "lightning_logs" / "version_1" / "history.csv") as f:
-        assert [line.split(",")[0] for line in f.read().splitlines()] == ["epoch", "0", "1", "2", "3"]
+    assert_same_history(workdir)
     runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
     assert runs == ["version_0", "version_1"], "the resumed run must log into its own folder"
     assert len(list((workdir / "lightning_logs" / "version_1").glob("events.out.tfevents.*"))) == 2

@@ -28,6 +28,19 @@ class StageMetrics(nn.Module):
         self.loss.update(sample_losses)
         self.acc.update(logits, labels)
 
+    def reset(self) -> None:
+        self.loss.reset()
+        self.acc.reset()
+
+    def sums(self) -> dict[str, dict[str, Tensor | list[Tensor]]]:
+        """What has been summed since the last reset (torchmetrics keeps it out of ``state_dict``)."""
+        return {"loss": dict(self.loss.metric_state), "acc": dict(self.acc.metric_state)}
+
+    def add(self, sums: dict[str, dict[str, Tensor]]) -> None:  # the states here are tensors, no lists
+        """Add sums taken with ``sums()``, e.g. from a checkpoint."""
+        for name, metric in (("loss", self.loss), ("acc", self.acc)):
+            metric.merge_state({state: value.to(metric.device) for state, value in sums[name].items()})
+
 
 class LitClassifier(L.LightningModule):
     """Classifies digits with any network that maps (B, 1, 28, 28) to (B, num_classes) logits.
@@ -100,8 +113,22 @@ class LitClassifier(L.LightningModule):
             self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.train_metrics.reset()  # Lightning skips this hook when a run resumes mid-epoch
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train", self.train_metrics)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The epoch's training sums so far, so that a run stopped mid-epoch and resumed reports
+        # that epoch's train_loss and train_acc over all its steps, not only those after the resume.
+        checkpoint["train_metric_sums"] = self.train_metrics.sums()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Under DDP a checkpoint holds rank 0's sums only: added once, the resumed epoch's numbers
+        # cover rank 0's steps before the stop and every process's after it.
+        if "train_metric_sums" in checkpoint and self.global_rank == 0:
+            self.train_metrics.add(checkpoint["train_metric_sums"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, self.val_metrics)

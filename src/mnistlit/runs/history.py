@@ -73,7 +73,7 @@ class EpochHistory(L.Callback):
             return
         if restored["epoch"] < trainer.current_epoch:  # saved after that epoch's validation
             self.rows.append({name: restored.get(name, float("nan")) for name in HISTORY_COLUMNS})
-            self._write(trainer)
+            self._write(trainer, self.rows)
         else:  # saved mid-epoch: this epoch's seconds include the part before the stop
             self._started = now - restored["seconds"]
 
@@ -96,28 +96,39 @@ class EpochHistory(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._complete_row(trainer, time.perf_counter())
-        self._draw()
+        self._draw(self.rows)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self._draw()
+        rows = self.rows
+        if self._pending is not None:
+            # Stopped after an epoch's end and before the next one's start (where Lightning acts
+            # on a SIGTERM that came during the epoch's last validation): its row is whole. The
+            # file gets it now; the state keeps it pending, so a resumed run completes it once.
+            rows = [*self.rows, self._row(trainer, time.perf_counter())]
+            self._write(trainer, rows)
+        self._draw(rows)
 
-    def _draw(self) -> None:
-        if self.path is not None and self.rows:  # set by _write, on global rank 0 only
-            plots.save(plots.learning_curves(self.rows), self.path.with_name("learning_curves.png"))
+    def _draw(self, rows: list[dict[str, float]]) -> None:
+        if self.path is not None and rows:  # set by _write, on global rank 0 only
+            plots.save(plots.learning_curves(rows), self.path.with_name("learning_curves.png"))
+
+    def _row(self, trainer: L.Trainer, now: float) -> dict[str, float]:
+        assert self._pending is not None
+        metrics = trainer.callback_metrics
+        row = {name: float(metrics[name]) if name in metrics else float("nan") for name in HISTORY_COLUMNS}
+        row.update(self._pending, seconds=now - (self._started if self._started is not None else now))
+        return row
 
     def _complete_row(self, trainer: L.Trainer, now: float) -> None:
         if self._pending is None:
             return
-        metrics = trainer.callback_metrics
-        row = {name: float(metrics[name]) if name in metrics else float("nan") for name in HISTORY_COLUMNS}
-        row.update(self._pending, seconds=now - (self._started if self._started is not None else now))
-        self.rows.append(row)
+        self.rows.append(self._row(trainer, now))
         self._pending = None
-        self._write(trainer)
+        self._write(trainer, self.rows)
 
-    def _write(self, trainer: L.Trainer) -> None:
+    def _write(self, trainer: L.Trainer, rows: list[dict[str, float]]) -> None:
         folder = run_folder(trainer)
         if folder is None:
             return
@@ -125,7 +136,7 @@ class EpochHistory(L.Callback):
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         try:
             atomic_write(self.path, table.getvalue().encode())  # never half a history, even on a full disk
         except OSError as e:
