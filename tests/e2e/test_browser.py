@@ -152,3 +152,43 @@ def test_the_empty_page_and_a_dot_show_no_broken_image_and_a_dot_asks_for_a_digi
     page.click("#clear")
     expect(page.locator("#digit")).to_have_text("–")
     assert_no_broken_image(page)
+
+
+def test_the_api_docs_work_offline_and_send_an_image(server, tmp_path: Path) -> None:
+    """/docs with the network off: Swagger UI comes from the package, and its form uploads a photo."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    outside: list[str] = []
+
+    def network_off(route) -> None:  # everything but the server itself fails, as offline
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    images, labels = draw_digits(40, seed=11)
+    from PIL import Image
+
+    Image.fromarray(255 - images[labels.tolist().index(7)]).resize((280, 280)).save(tmp_path / "seven.png")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1100, "height": 1400})
+        context.route("**/*", network_off)
+        page = context.new_page()
+        page.goto(url + "/docs")
+        operation = page.locator("#operations-default-predict_predict_post")
+        operation.locator(".opblock-summary").click()
+        operation.get_by_role("button", name="Try it out").click()
+        operation.locator(".body-param-content-type select").select_option("multipart/form-data")
+        operation.locator("input[type=file]").set_input_files(str(tmp_path / "seven.png"))
+        operation.get_by_role("button", name="Execute").click()
+        answer = operation.locator(".live-responses-table .response .response-col_description pre")
+        expect(answer.first).to_contain_text('"label": "7"', timeout=10_000)
+        expect(operation.locator(".live-responses-table .response .response-col_status").first).to_have_text(
+            "200"
+        )
+        page.screenshot(path=tmp_path / "docs.png", full_page=True)
+        browser.close()
+    assert outside == [], "the docs page asked for nothing beyond the server"

@@ -29,6 +29,7 @@ from mnistlit.deploy import serve
 from mnistlit.deploy.serve import Classifier, create_app
 from tests.helpers import (
     CONFIGS,
+    ROOT,
     assert_one_clear_line,
     cli,
     draw_digits,
@@ -109,6 +110,22 @@ def assert_a_prediction(answer: dict) -> None:
     assert header == "data:image/png;base64"
     with Image.open(io.BytesIO(base64.b64decode(encoded))) as seen:
         assert seen.size == (28, 28)
+
+
+def test_the_docs_page_is_served_from_the_pinned_swagger_ui_dist(client: TestClient) -> None:
+    """The files /docs loads are in the package, byte for byte those of the swagger-ui-dist version
+    package-lock.json pins (``make swagger-ui`` copies them after a version change)."""
+    dist = ROOT / "node_modules" / "swagger-ui-dist"
+    assert dist.is_dir(), "make installs node_modules (npm ci)"
+    page = client.get("/docs").text
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        assert f'"static/swagger-ui/{name}"' in page
+        served = client.get(f"/static/swagger-ui/{name}")
+        assert served.status_code == 200 and served.content == (dist / name).read_bytes(), name
+    assert "http" not in page.split("<body>")[0], "nothing from another site"
+    assert client.get("/redoc").status_code == 404
+    body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    assert set(body["content"]) == {"multipart/form-data", "image/png", "image/jpeg", "application/json"}
 
 
 def test_health_names_the_model(client: TestClient) -> None:

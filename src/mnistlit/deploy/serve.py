@@ -153,16 +153,66 @@ def images_in_json(body: bytes) -> list[bytes]:
     return [image_from_data_url(value) for value in values]
 
 
+def request_body(field: str) -> dict:
+    """The OpenAPI request body of ``/predict`` (``field`` "image") or ``/predict/batch`` ("images"):
+    the handlers read the body themselves, so FastAPI cannot infer it, and without it the docs
+    page has no way to send an image."""
+    many = field == "images"
+    file = {"type": "string", "format": "binary"}
+    data_url = {"type": "string", "description": "a data URL (data:image/png;base64,...) or base64"}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {field: {"type": "array", "items": file} if many else file},
+                    "required": [field],
+                }
+            },
+            **({} if many else {kind: {"schema": file} for kind in ("image/png", "image/jpeg")}),
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {field: {"type": "array", "items": data_url} if many else data_url},
+                    "required": [field],
+                }
+            },
+        },
+    }
+
+
 def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     """The FastAPI application: the page (``GET /``, static/index.html), ``POST /predict``,
     ``POST /predict/batch``, ``GET /health``."""
     import anyio
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="mnistlit", description="Digits classified by a model trained with mnistlit.")
+    # FastAPI's /docs loads Swagger UI from a CDN and /redoc web fonts: blank pages offline. The
+    # docs page is served from files in the package instead (FastAPI's "self-hosting" recipe,
+    # swagger-ui-dist pinned in package.json); /redoc is off.
+    app = FastAPI(
+        title="mnistlit",
+        description="Digits classified by a model trained with mnistlit.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.mount("/static/swagger-ui", StaticFiles(packages=[("mnistlit.deploy", "static/swagger-ui")]))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="mnistlit API",
+            swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
+        )
 
     @app.exception_handler(Rejected)
     async def rejected(request: Request, error: Rejected) -> JSONResponse:
@@ -221,14 +271,14 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
             415, f"send an image (image/png, image/jpeg, ...), multipart or JSON, not {kind or 'nothing'}"
         )
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra={"requestBody": request_body("image")})
     async def predict(request: Request) -> dict:
         images = await images_in(request)
         if len(images) != 1:
             raise Rejected(400, f"/predict takes one image, got {len(images)} (use /predict/batch)")
         return await in_worker(classifier.predict, images[0])
 
-    @app.post("/predict/batch")
+    @app.post("/predict/batch", openapi_extra={"requestBody": request_body("images")})
     async def predict_batch(request: Request) -> list[dict]:
         results = []
         for data in await images_in(request):  # one image a turn: other requests go in between
