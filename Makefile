@@ -63,7 +63,8 @@ bench-gpu: install
 	bash benchmarks/gpu.sh
 
 bench-serve: install
-	$(PY) benchmarks/serve.py $(BENCH_ARGS)
+	$(PY) benchmarks/serve.py --json docs/measurements $(BENCH_ARGS)
+	$(PY) benchmarks/render_docs.py
 
 bench-export: install
 	$(PY) benchmarks/export.py $(BENCH_ARGS)
