@@ -18,9 +18,6 @@ WORKING_SIDE = 1024
 # not the field's middle 13.5. Measured over its test set; centring at 13.5 moved every digit
 # half a pixel up and left of what the networks were trained on (docs/handwriting.md).
 MNIST_CENTRE = 14.0
-# Ink spanning less than this share of the image is a dot or a speck, not a digit: scaled up to
-# 20 pixels like a digit, a tap on the drawing pad was read as a confident 0.
-MIN_INK_EXTENT = 0.1
 
 
 def mnist_digit(image: Image.Image) -> np.ndarray:
@@ -31,7 +28,7 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
         raise ValueError("no ink found: the image is blank")
     crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = crop.shape
-    if max(height, width) < MIN_INK_EXTENT * max(ink.shape):
+    if is_a_dot(crop > 0.25 * ink.max(), ink.shape):
         raise ValueError("too little ink to be a digit (a dot?): draw a digit")
     scale = 20 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -44,6 +41,17 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
     left = int(np.clip(round(MNIST_CENTRE - com_col), 0, 28 - digit.shape[1]))
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return np.clip(canvas, 0, 255).round().astype(np.uint8)
+
+
+def is_a_dot(ink: np.ndarray, image_shape: tuple[int, ...]) -> bool:
+    """Whether the ink (a mask cropped to its bounding box) is a dot or a speck, not a digit: small
+    beside the image (under a tenth of its longer side), about as wide as tall, and filling most
+    of its box, as a tap on the drawing pad does. Scaled up to 20 pixels like a digit, such a dot
+    was read as a confident 0. A small digit in a large photo is strokes, which fill little of
+    their box; a low-resolution scan's digit fills its image."""
+    height, width = ink.shape
+    small = max(height, width) < 0.1 * max(image_shape)
+    return small and max(height, width) <= 2 * min(height, width) and ink.mean() > 0.5
 
 
 def _ink_intensity(image: Image.Image) -> np.ndarray:

@@ -64,6 +64,7 @@ def test_a_dot_is_too_little_ink_to_be_a_digit_but_a_narrow_one_is_read() -> Non
     ImageDraw.Draw(one).line([(140, 100), (140, 160)], fill=0, width=18)  # a short 1: 60 of 280 pixels
     assert_mnist_like(preprocess_image(one))
     assert preprocess_image(Image.fromarray(255 - draw_digits(1, seed=0)[0][0])).shape == (28, 28)
+    assert_mnist_like(preprocess_image(draw_seven(size=(6000, 6000), origin=(2000, 1000))))  # 3% of a photo
 
 
 def test_a_checkpoint_is_shown_from_its_run_folder_without_this_machines_folders() -> None:
