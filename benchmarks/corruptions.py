@@ -2,11 +2,12 @@
 
 MNIST-C's fifteen corruptions (Mu & Gilmer, 2019), re-implemented from the parameters of its
 published code (google-research/mnist-c, corruptions.py) at the severity its dataset used,
-and the shifts people's own handwriting brings: low resolution, thick and thin strokes,
-inverted polarity, a photo of paper, JPEG. Every function maps a uint8 (28, 28) digit, light
-ink on black, and a numpy Generator to a uint8 image; image i of a batch draws from a
-generator seeded with (seed, i), so the first N test images get the same corruptions
-whatever N is.
+and the shifts people's own handwriting brings: low resolution (the whole frame shrunk, and
+scans of a digit that fills its box at 8, 10 and 12 pixels across, uploaded at users' sizes),
+thick and thin strokes, inverted polarity, a photo of paper, JPEG. Every function maps a uint8
+(28, 28) digit, light ink on black, and a numpy Generator to a uint8 image (or a PIL image, as
+users upload); image i of a batch draws from a generator seeded with (seed, i), so the first
+N test images get the same corruptions whatever N is.
 
 These are test-time transforms only: the training augmentations (mnistlit.core.augment) are
 separate code with other ranges, so a recipe is never trained on the suite itself.
@@ -199,6 +200,34 @@ def _resampled(side: int):
     return low_resolution
 
 
+def _scanned(side: int):
+    def low_res_scan(x, rng) -> Image.Image:
+        """A digit scanned at very low resolution and uploaded as a user would: its ink cropped to
+        fill the scanner's box, area-averaged to ``side`` pixels across (as a sensor bins light),
+        quantised to 4 to 16 grey levels, smoothly upscaled to an upload of 28 to 300 pixels, a
+        margin of up to a fifth of it on each side, either polarity, grey or RGB."""
+        rows, cols = np.nonzero(x > 0.25 * x.max())
+        crop = x[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        height, width = crop.shape
+        box = np.zeros((max(height, width),) * 2, dtype=np.uint8)  # the longer side fills the box
+        top, left = (box.shape[0] - height) // 2, (box.shape[1] - width) // 2
+        box[top : top + height, left : left + width] = crop
+        binned = np.asarray(Image.fromarray(box).resize((side, side), Image.Resampling.BOX), dtype=float)
+        levels = int(rng.choice([4, 8, 16]))
+        quantised = np.round(binned / 255 * (levels - 1)) * (255 / (levels - 1))
+        size = int(rng.integers(28, 301))
+        scan = Image.fromarray(quantised.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+        margins = rng.integers(0, size // 5 + 1, size=4)  # left, top, right, bottom
+        page = Image.new("L", (size + margins[0] + margins[2], size + margins[1] + margins[3]), 0)
+        page.paste(scan, (int(margins[0]), int(margins[1])))
+        if rng.uniform() < 0.5:  # dark ink on paper, as most scans are
+            page = Image.fromarray(255 - np.asarray(page))
+        return page.convert("RGB") if rng.uniform() < 0.5 else page
+
+    low_res_scan.__name__ = f"scan_{side}"
+    return low_res_scan
+
+
 def thick_strokes(x, rng):  # a felt pen: strokes 2 pixels wider (a 3x3 dilation)
     return np.asarray(Image.fromarray(x).filter(ImageFilter.MaxFilter(3)))
 
@@ -236,12 +265,15 @@ MNIST_C = (
     shot_noise, impulse_noise, glass_blur, motion_blur, shear, scale, rotate, brightness,
     translate, stripe, fog, spatter, dotted_line, zigzag, canny_edges,
 )  # fmt: skip
-USERS = (_resampled(8), _resampled(12), thick_strokes, thin_strokes, inverted, photo_of_paper, jpeg)
+USERS = (
+    _resampled(8), _resampled(12), _scanned(8), _scanned(10), _scanned(12),
+    thick_strokes, thin_strokes, inverted, photo_of_paper, jpeg,
+)  # fmt: skip
 CORRUPTIONS = {f.__name__: f for f in (*MNIST_C, *USERS)}
 
 
 def corrupt(name: str, digits: np.ndarray, seed: int = 0) -> list:
     """Corruption ``name`` of every digit in a uint8 (N, 28, 28) batch: arrays, or PIL images
-    for ``photo_of_paper``. Image i always gets the same corruption for the same seed."""
+    for ``photo_of_paper`` and the scans. Image i always gets the same corruption for the same seed."""
     function = CORRUPTIONS[name]
     return [function(digit, np.random.default_rng([seed, i])) for i, digit in enumerate(digits)]

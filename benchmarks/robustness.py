@@ -4,7 +4,9 @@ Each corruption of benchmarks/corruptions.py is applied to the first --images te
 with fixed seeds, and every corrupted image goes through the path ``mnistlit predict`` takes
 for a user's file (mnist_digit: grey levels, polarity, crop, scale to 20 pixels, centre of
 mass); an image predict would reject as blank counts as wrong. Writes a table to the terminal,
-robustness.csv and robustness.png (examples as the network sees them, and the accuracies).
+robustness.csv and robustness.png (examples as the network sees them, and the accuracies), and
+per_digit.csv: each digit's accuracy and the most frequent mistakes, on the clean set and the
+low-resolution scans.
 
 Default checkpoints: the best of the newest run of each recipe (configs/base.yaml,
 speedrun.yaml, strong.yaml, handwriting.yaml) under lightning_logs/, a run counting as a
@@ -35,6 +37,7 @@ from mnistlit.runs.sources import ensure_files
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("base", "speedrun", "strong", "handwriting")
 CLEAN, AS_STORED = "clean", "clean, as stored"
+PER_DIGIT = (CLEAN, "scan_8", "scan_10", "scan_12")  # per-digit accuracy and mistakes on these
 
 
 def _signature(config: dict) -> tuple:
@@ -83,18 +86,34 @@ def test_sets(digits: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
-def accuracy(model: LitClassifier, images: np.ndarray, labels: np.ndarray) -> float:
-    predictions = [
-        model(network_input(torch.from_numpy(batch))).argmax(1).numpy()
-        for batch in np.array_split(images, max(1, len(images) // 500))
-    ]
-    return float((np.concatenate(predictions) == labels).mean())
+def predictions(model: LitClassifier, images: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [
+            model(network_input(torch.from_numpy(batch))).argmax(1).numpy()
+            for batch in np.array_split(images, max(1, len(images) // 500))
+        ]
+    )
+
+
+def per_class(predicted: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Accuracy on each digit 0-9."""
+    return [float((predicted[labels == digit] == digit).mean()) for digit in range(10)]
+
+
+def confusions(predicted: np.ndarray, labels: np.ndarray, top: int = 5) -> str:
+    """The most frequent mistakes, as "4→6 ×12"."""
+    pairs: dict[tuple[int, int], int] = {}
+    for truth, guess in zip(labels[predicted != labels], predicted[predicted != labels], strict=True):
+        pairs[int(truth), int(guess)] = pairs.get((int(truth), int(guess)), 0) + 1
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return ", ".join(f"{truth}→{guess} ×{count}" for (truth, guess), count in ranked) or "none"
 
 
 def with_means(scores: dict[str, float]) -> dict[str, float]:
     mnist_c = statistics.mean(scores[f.__name__] for f in MNIST_C)
     users = statistics.mean(scores[f.__name__] for f in USERS)
-    return {**scores, "mean, MNIST-C": mnist_c, "mean, users' shifts": users,
+    scans = statistics.mean(scores[name] for name in PER_DIGIT[1:])
+    return {**scores, "mean, MNIST-C": mnist_c, "mean, users' shifts": users, "mean, low-res scans": scans,
             "mean, all corruptions": statistics.mean(scores[name] for name in CORRUPTIONS)}  # fmt: skip
 
 
@@ -166,10 +185,11 @@ def main() -> None:
     labels = read_idx(folder / "t10k-labels-idx1-ubyte")[: args.images].numpy()
     sets = test_sets(digits, args.seed)
 
-    table = {}
+    table, answers = {}, {}
     for label, model in models.items():
         print(f"scoring: {label} ({checkpoints[label]})", file=sys.stderr, flush=True)
-        table[label] = with_means({name: accuracy(model, images, labels) for name, images in sets.items()})
+        answers[label] = {name: predictions(model, images) for name, images in sets.items()}
+        table[label] = with_means({name: float((p == labels).mean()) for name, p in answers[label].items()})
 
     rows = list(next(iter(table.values())))
     print(f"{len(digits):,} MNIST test images, corruption seed {args.seed}\n")
@@ -178,14 +198,29 @@ def main() -> None:
     for name in rows:
         print(f"| {name} | " + " | ".join(f"{scores[name]:.4f}" for scores in table.values()) + " |")
 
+    print("\nPer digit, on the clean set and the low-resolution scans:\n")
+    print("| checkpoint | set | " + " | ".join(str(d) for d in range(10)) + " | most frequent mistakes |")
+    print("|---|---|" + "---:|" * 10 + "---|")
+    per_digit_rows = []
+    for label in table:
+        for name in PER_DIGIT:
+            scores = per_class(answers[label][name], labels)
+            mistakes = confusions(answers[label][name], labels)
+            per_digit_rows.append([label, name, *(f"{x:.4f}" for x in scores), mistakes])
+            print(f"| {label} | {name} | " + " | ".join(f"{x:.3f}" for x in scores) + f" | {mistakes} |")
+
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    with open(output / "per_digit.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["checkpoint", "set", *(str(d) for d in range(10)), "most frequent mistakes"])
+        writer.writerows(per_digit_rows)
     with open(output / "robustness.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["corruption", *table])
         writer.writerows([name, *(f"{scores[name]:.4f}" for scores in table.values())] for name in rows)
     picture(sets, table, output / "robustness.png")
-    print(f"\nwritten: {output / 'robustness.csv'}, {output / 'robustness.png'}")
+    print(f"\nwritten: {output / 'robustness.csv'}, {output / 'per_digit.csv'}, {output / 'robustness.png'}")
 
 
 if __name__ == "__main__":

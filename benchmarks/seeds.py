@@ -4,7 +4,8 @@ Prints a Markdown table: per seed, the training seconds (sum of the epochs' seco
 history.csv: training plus validation, no start-up), the seconds until validation accuracy first
 reached 99.0% and 99.5% (time to accuracy; "—" if never), and the test accuracy of the final
 weights; then the mean and the worst. With --robustness, also the final weights' mean
-accuracy over the robustness suite (benchmarks/robustness.py) and over its users' shifts.
+accuracy over the robustness suite (benchmarks/robustness.py), over its users' shifts and over
+its low-resolution scans.
 """
 
 import argparse
@@ -70,7 +71,8 @@ def main() -> None:
             results[seed] = run_seed(configs, seed, args.data_dir, logs)
             if suite is not None:
                 scores = suite(Path(logs, "lightning_logs", "version_0", "checkpoints", "last.ckpt"))
-                results[seed].update(zip(("suite mean", "users' shifts mean"), scores, strict=True))
+                names = ("suite mean", "users' shifts mean", "low-res scans mean")
+                results[seed].update(zip(names, scores, strict=True))
         print(f"seed {seed}: {results[seed]}", file=sys.stderr, flush=True)
     columns = list(results[args.seeds[0]])
     print(f"\n{' + '.join(configs)}, {cpu_name()}\n")
@@ -95,7 +97,7 @@ def main() -> None:
 
 def robustness_suite(data_dir: str):
     """A function scoring a checkpoint on the robustness suite (corrupted once, for every seed)."""
-    from robustness import accuracy, test_sets, with_means
+    from robustness import predictions, test_sets, with_means
 
     from mnistlit.core.datasets import read_idx
     from mnistlit.core.module import LitClassifier
@@ -105,10 +107,11 @@ def robustness_suite(data_dir: str):
     labels = read_idx(folder / "t10k-labels-idx1-ubyte").numpy()
     sets = test_sets(digits, seed=0)
 
-    def score(checkpoint: Path) -> tuple[float, float]:
+    def score(checkpoint: Path) -> tuple[float, float, float]:
         model = LitClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-        scores = with_means({name: accuracy(model, images, labels) for name, images in sets.items()})
-        return scores["mean, all corruptions"], scores["mean, users' shifts"]
+        answers = {name: predictions(model, images) for name, images in sets.items()}
+        scores = with_means({name: float((p == labels).mean()) for name, p in answers.items()})
+        return scores["mean, all corruptions"], scores["mean, users' shifts"], scores["mean, low-res scans"]
 
     return score
 

@@ -104,11 +104,35 @@ def test_the_benchmark_runs_end_to_end_on_tiny_data(reference_run: Path, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "robustness.csv") as f:
         rows = {row[0]: row[1:] for row in csv.reader(f)}
-    assert {*CORRUPTIONS, "clean", "clean, as stored", "mean, all corruptions"} <= set(rows)
+    assert {*CORRUPTIONS, "clean", "clean, as stored", "mean, all corruptions", "mean, low-res scans"} <= set(
+        rows
+    )
+    with open(tmp_path / "per_digit.csv") as f:
+        per_digit = list(csv.DictReader(f))
+    assert [row["set"] for row in per_digit] == list(robustness.PER_DIGIT)
+    assert all(0 <= float(row[str(d)]) <= 1 for row in per_digit for d in range(10) if row[str(d)] != "nan")
     assert all(0 <= float(value) <= 1 for name, (value,) in rows.items() if name != "corruption")
     assert "| clean, as stored |" in result.stdout
     with Image.open(tmp_path / "robustness.png") as picture:
         assert picture.width > 500 and picture.height > 500
+
+
+def test_scans_are_uploads_of_users_sizes_in_both_polarities_grey_and_rgb() -> None:
+    for side in (8, 10, 12):
+        scans = corrupt(f"scan_{side}", DIGITS)
+        assert all(min(scan.size) >= 28 and max(scan.size) <= 300 * 7 // 5 + 1 for scan in scans)
+        assert {scan.mode for scan in scans} == {"L", "RGB"}
+        corners = [np.asarray(scan.convert("L"))[0, 0] for scan in scans]
+        assert min(corners) < 20 and max(corners) > 235, "dark and light paper both"
+
+
+def test_per_digit_accuracy_and_the_most_frequent_mistakes() -> None:
+    labels = np.array([4, 4, 4, 4, 9, 9, 1, 1, 1, 7])
+    predicted = np.array([6, 6, 4, 4, 8, 9, 7, 1, 1, 9])
+    scores = robustness.per_class(predicted, labels)
+    assert scores[4] == 0.5 and scores[9] == 0.5 and scores[1] == 2 / 3 and scores[7] == 0.0
+    assert robustness.confusions(predicted, labels) == "4→6 ×2, 1→7 ×1, 7→9 ×1, 9→8 ×1"
+    assert robustness.confusions(labels, labels) == "none"
 
 
 @pytest.mark.parametrize(
