@@ -110,6 +110,9 @@ def test_the_benchmark_runs_end_to_end_on_tiny_data(reference_run: Path, tmp_pat
     with open(tmp_path / "per_digit.csv") as f:
         per_digit = list(csv.DictReader(f))
     assert [row["set"] for row in per_digit] == list(robustness.PER_DIGIT)
+    with open(tmp_path / "styles.csv") as f:
+        (styles,) = csv.DictReader(f)
+    assert styles["style"] == "4s closed at the top" and set(robustness.PER_DIGIT) <= set(styles)
     assert all(0 <= float(row[str(d)]) <= 1 for row in per_digit for d in range(10) if row[str(d)] != "nan")
     assert all(0 <= float(value) <= 1 for name, (value,) in rows.items() if name != "corruption")
     assert "| clean, as stored |" in result.stdout
@@ -124,6 +127,16 @@ def test_scans_are_uploads_of_users_sizes_in_both_polarities_grey_and_rgb() -> N
         assert {scan.mode for scan in scans} == {"L", "RGB"}
         corners = [np.asarray(scan.convert("L"))[0, 0] for scan in scans]
         assert min(corners) < 20 and max(corners) > 235, "dark and light paper both"
+
+
+def test_closed_fours_are_found_by_their_loop() -> None:
+    open_four, closed_four = np.zeros((28, 28), np.uint8), np.zeros((28, 28), np.uint8)
+    for four in (open_four, closed_four):
+        four[4:16, 8] = four[15, 8:20] = four[4:24, 17] = 255  # left stroke, bar, right stroke
+    closed_four[4, 8:18] = 255  # the top closed: a loop
+    eight = closed_four.copy()
+    digits, labels = np.stack([open_four, closed_four, eight]), np.array([4, 4, 8])
+    assert robustness.closed_fours(digits, labels).tolist() == [1]
 
 
 def test_per_digit_accuracy_and_the_most_frequent_mistakes() -> None:
