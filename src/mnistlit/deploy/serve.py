@@ -216,8 +216,8 @@ def create_app(classifier: Classifier, max_upload_bytes: int = MAX_UPLOAD_BYTES)
 
     @app.exception_handler(Rejected)
     async def rejected(request: Request, error: Rejected) -> JSONResponse:
-        # After a 413 the rest of the body is not wanted: closing the connection stops the
-        # client's upload (a chunked one has no length to refuse up front).
+        # After a 413 or a 408 the rest of the body is not wanted: closing the connection stops
+        # the client's upload (a chunked one has no length to refuse up front).
         closing = {"connection": "close"} if error.status in (408, 413) else None
         return JSONResponse({"error": str(error)}, status_code=error.status, headers=closing)
 
