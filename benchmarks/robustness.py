@@ -6,7 +6,9 @@ for a user's file (mnist_digit: grey levels, polarity, crop, scale to 20 pixels,
 mass); an image predict would reject as blank counts as wrong. Writes a table to the terminal,
 robustness.csv and robustness.png (examples as the network sees them, and the accuracies), and
 per_digit.csv: each digit's accuracy and the most frequent mistakes, on the clean set and the
-low-resolution scans; styles.csv: the same sets' accuracy on the 4s written closed at the top.
+low-resolution scans; styles.csv: the same sets' accuracy on the 4s written closed at the top;
+unsure.csv: on the same sets, the share of wrong answers the checkpoint's unsure threshold catches
+and the share of right answers it flags.
 
 Default checkpoints: the best of the newest run of each recipe (configs/base.yaml,
 speedrun.yaml, strong.yaml, handwriting.yaml) under lightning_logs/, a run counting as a
@@ -87,13 +89,25 @@ def test_sets(digits: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
-def predictions(model: LitClassifier, images: np.ndarray) -> np.ndarray:
+def probabilities(model: LitClassifier, images: np.ndarray) -> np.ndarray:
+    """(N, classes) class probabilities of uint8 (N, 28, 28) images."""
     return np.concatenate(
         [
-            model(network_input(torch.from_numpy(batch))).argmax(1).numpy()
+            model(network_input(torch.from_numpy(batch))).softmax(1).numpy()
             for batch in np.array_split(images, max(1, len(images) // 500))
         ]
     )
+
+
+def predictions(model: LitClassifier, images: np.ndarray) -> np.ndarray:
+    return probabilities(model, images).argmax(1)
+
+
+def unsure_scores(probs: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The share of wrong answers flagged unsure (caught) and the share of right answers flagged."""
+    wrong, flagged = probs.argmax(1) != labels, probs.max(1) < threshold
+    caught = float(flagged[wrong].mean()) if wrong.any() else float("nan")
+    return caught, float(flagged[~wrong].mean()) if (~wrong).any() else float("nan")
 
 
 def per_class(predicted: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -200,10 +214,14 @@ def main() -> None:
     labels = read_idx(folder / "t10k-labels-idx1-ubyte")[: args.images].numpy()
     sets = test_sets(digits, args.seed)
 
-    table, answers = {}, {}
+    table, answers, unsure = {}, {}, {}
     for label, model in models.items():
         print(f"scoring: {label} ({checkpoints[label]})", file=sys.stderr, flush=True)
-        answers[label] = {name: predictions(model, images) for name, images in sets.items()}
+        probs = {name: probabilities(model, images) for name, images in sets.items()}
+        answers[label] = {name: p.argmax(1) for name, p in probs.items()}
+        if model.unsure_below is not None:
+            unsure[label] = (model.unsure_below, [unsure_scores(probs[name], labels, model.unsure_below)
+                                                  for name in PER_DIGIT])  # fmt: skip
         table[label] = with_means({name: float((p == labels).mean()) for name, p in answers[label].items()})
 
     rows = list(next(iter(table.values())))
@@ -234,6 +252,12 @@ def main() -> None:
         style_rows.append([label, "4s closed at the top", len(closed), *(f"{x:.4f}" for x in scores)])
         print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in scores) + " |")
 
+    print("\nUnsure answers (probability below the checkpoint's threshold): wrong caught / right flagged\n")
+    print("| checkpoint | threshold | " + " | ".join(PER_DIGIT) + " |\n|---|---:|" + "---:|" * len(PER_DIGIT))
+    for label, (threshold, scores) in unsure.items():
+        cells = " | ".join(f"{caught:.3f} / {flagged:.3f}" for caught, flagged in scores)
+        print(f"| {label} | {threshold:.4f} | {cells} |")
+
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "per_digit.csv", "w", newline="") as f:
@@ -244,12 +268,19 @@ def main() -> None:
         writer = csv.writer(f)
         writer.writerow(["checkpoint", "style", "digits", *PER_DIGIT])
         writer.writerows(style_rows)
+    with open(output / "unsure.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        columns = [f"{name} {kind}" for name in PER_DIGIT for kind in ("wrong caught", "right flagged")]
+        writer.writerow(["checkpoint", "threshold", *columns])
+        writer.writerows([label, f"{threshold:.6f}", *(f"{x:.4f}" for pair in scores for x in pair)]
+                         for label, (threshold, scores) in unsure.items())  # fmt: skip
     with open(output / "robustness.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["corruption", *table])
         writer.writerows([name, *(f"{scores[name]:.4f}" for scores in table.values())] for name in rows)
     picture(sets, table, output / "robustness.png")
-    written = ", ".join(str(output / name) for name in ("robustness.csv", "per_digit.csv", "styles.csv"))
+    names = ("robustness.csv", "per_digit.csv", "styles.csv", "unsure.csv")
+    written = ", ".join(str(output / name) for name in names)
     print(f"\nwritten: {written}, {output / 'robustness.png'}")
 
 

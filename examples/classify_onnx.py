@@ -4,8 +4,9 @@
     pip install --no-deps .          # mnistlit itself, for its numpy-only preprocessing
     python examples/classify_onnx.py lightning_logs/version_0/export/model.onnx my_digits/*.png
 
-Prints one line per image: file, label, probability (tab-separated); a file that cannot be read
-as a digit is listed on stderr as skipped, with the reason, and the rest go on.
+Prints one line per image: file, label, probability and "unsure" where the probability is below
+the threshold calibrated on the validation split (tab-separated); a file that cannot be read as a
+digit is listed on stderr as skipped, with the reason, and the rest go on.
 """
 
 import json
@@ -20,7 +21,9 @@ from mnistlit.deploy.preprocess import mnist_digit  # the same MNIST-style prepr
 
 def main(model_file: str, image_files: list[str]) -> None:
     session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
-    classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
+    about = session.get_modelmeta().custom_metadata_map
+    classes = json.loads(about["classes"])
+    unsure_below = float(about.get("unsure_below") or 0)  # files exported before mnistlit 0.3 have none
     digits, read = [], []
     for file in image_files:
         try:
@@ -33,7 +36,7 @@ def main(model_file: str, image_files: list[str]) -> None:
         sys.exit("no image could be read")
     (probabilities,) = session.run(None, {"digits": np.stack(digits)})
     for file, p in zip(read, probabilities, strict=True):
-        print(f"{file}\t{classes[p.argmax()]}\t{p.max():.4f}")
+        print(f"{file}\t{classes[p.argmax()]}\t{p.max():.4f}\t{'unsure' if p.max() < unsure_below else ''}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def test_predict_writes_a_csv_row_per_test_image(fitted) -> None:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 200
-    assert list(rows[0]) == ["item", "target", "prediction", "probability", "top3"]
+    assert list(rows[0]) == ["item", "target", "prediction", "probability", "top3", "unsure"]
     assert [int(r["item"]) for r in rows] == list(range(200))
     assert all(0 <= int(r["prediction"]) <= 9 and 0 < float(r["probability"]) <= 1 for r in rows)
     for r in rows:  # the same probability, rounded to 4 places in top3 and to 6 in probability
@@ -126,6 +126,10 @@ def test_predict_writes_a_csv_row_per_test_image(fitted) -> None:
         assert label == r["prediction"] and abs(float(top_p) - float(r["probability"])) <= 5e-5 + 1e-9
     accuracy = sum(r["target"] == r["prediction"] for r in rows) / len(rows)
     assert accuracy > 0.5
+    (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    threshold = torch.load(best, weights_only=True)["unsure_below"]
+    expected = ["yes" if float(r["probability"]) < threshold else "no" for r in rows]
+    assert [r["unsure"] for r in rows] == expected
 
 
 def test_a_checkpoint_loads_alone_with_weights_only(fitted) -> None:
@@ -236,6 +240,9 @@ def test_describe_says_what_a_checkpoint_holds_and_writes_nothing(fitted) -> Non
     assert "network:    mnistlit.core.nets.Net {'num_classes': 10} (53,994 parameters)" in result.stdout
     assert "dataset:    mnist (10 classes), val_size 100, split_seed 42" in result.stdout
     assert "val_acc:    " in result.stdout and "best-epoch=" in result.stdout
+    (best,) = (workdir / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    threshold = torch.load(best, weights_only=True)["unsure_below"]
+    assert f"unsure:     answers below {threshold:.4f} probability" in result.stdout
     assert sorted((workdir / "lightning_logs").iterdir()) == before, "describe reserves no run folder"
 
 

@@ -83,6 +83,8 @@ def test_the_files_describe_themselves(trained: Path) -> None:
     assert from_onnx["dataset"] == "mnist" and from_onnx["network"] == "mnistlit.core.nets.Net"
     assert from_onnx["checkpoint_sha256"] == export.sha256(best_of(trained))
     assert 0 < float(from_onnx["val_acc"]) <= 1
+    unsure_below = torch.load(best_of(trained), weights_only=True)["unsure_below"]
+    assert float(from_onnx["unsure_below"]) == pytest.approx(unsure_below, abs=1e-6)
     assert from_onnx["torch_version"] == torch.__version__ and from_onnx["mnistlit_version"]
 
 
@@ -127,10 +129,11 @@ def test_the_example_classifies_files_without_pytorch(trained: Path, tmp_path: P
     assert result.stderr.startswith(f"skipped {tmp_path / 'notes.png'}: cannot identify image file")
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [row[0] for row in rows] == [str(f) for f in files]
-    for (_, label, probability), file in zip(rows, files, strict=True):
+    for (_, label, probability, unsure), file in zip(rows, files, strict=True):
         with Image.open(file) as image:
             digit, expected = classify(model, image)
         assert label == str(digit) and float(probability) == pytest.approx(expected, abs=1e-4)
+        assert unsure == ("unsure" if expected < model.unsure_below else "")
 
 
 @pytest.mark.parametrize(

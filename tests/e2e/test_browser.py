@@ -86,8 +86,13 @@ def test_drawn_digits_are_read_and_shown_with_what_the_network_saw(page, tmp_pat
     for digit, strokes in STROKES.items():
         page.click("#clear")
         expect(page.locator("#digit")).to_have_text("–")
-        draw(page, strokes)
+        with page.expect_response("**/predict") as answered:
+            draw(page, strokes)
         expect(page.locator("#digit")).to_have_text(digit, timeout=10_000)
+        unsure = answered.value.json()["unsure"]
+        assert isinstance(unsure, bool), "the served checkpoint has its threshold"
+        badge = expect(page.locator("#unsure"))
+        badge.to_be_visible() if unsure else badge.to_be_hidden()
         expect(page.locator("#bars .bar")).to_have_count(10)
         expect(page.locator("#bars .bar.best .name")).to_have_text(digit)
         assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
@@ -96,6 +101,17 @@ def test_drawn_digits_are_read_and_shown_with_what_the_network_saw(page, tmp_pat
     page.click("#undo")  # the 0 was one stroke: nothing left to read
     expect(page.locator("#digit")).to_have_text("–")
     expect(page.locator("#bars .bar")).to_have_count(0)
+
+    def flagged(route) -> None:  # the server's own answer, flagged as for a doubtful digit
+        answer = route.fetch()
+        route.fulfill(response=answer, json={**answer.json(), "unsure": True})
+
+    page.route("**/predict", flagged)
+    draw(page, STROKES["7"])
+    expect(page.locator("#unsure")).to_be_visible(timeout=10_000)
+    expect(page.locator("#unsure")).to_have_text("unsure")
+    page.click("#clear")
+    expect(page.locator("#unsure")).to_be_hidden()
 
 
 def test_an_uploaded_photo_is_read_and_a_bad_file_is_one_message(page, server, tmp_path: Path) -> None:

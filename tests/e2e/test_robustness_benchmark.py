@@ -116,6 +116,11 @@ def test_the_benchmark_runs_end_to_end_on_tiny_data(reference_run: Path, tmp_pat
     assert all(0 <= float(row[str(d)]) <= 1 for row in per_digit for d in range(10) if row[str(d)] != "nan")
     assert all(0 <= float(value) <= 1 for name, (value,) in rows.items() if name != "corruption")
     assert "| clean, as stored |" in result.stdout
+    with open(tmp_path / "unsure.csv") as f:
+        (unsure,) = csv.DictReader(f)
+    threshold = torch.load(best, weights_only=True)["unsure_below"]
+    assert float(unsure["threshold"]) == pytest.approx(threshold, abs=1e-6)
+    assert {f"{name} wrong caught" for name in robustness.PER_DIGIT} <= set(unsure)
     with Image.open(tmp_path / "robustness.png") as picture:
         assert picture.width > 500 and picture.height > 500
 
@@ -127,6 +132,12 @@ def test_scans_are_uploads_of_users_sizes_in_both_polarities_grey_and_rgb() -> N
         assert {scan.mode for scan in scans} == {"L", "RGB"}
         corners = [np.asarray(scan.convert("L"))[0, 0] for scan in scans]
         assert min(corners) < 20 and max(corners) > 235, "dark and light paper both"
+
+
+def test_unsure_answers_are_scored_as_wrong_ones_caught_and_right_ones_flagged() -> None:
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]])
+    labels = np.array([0, 0, 0, 0, 1])  # right, right (unsure), wrong, wrong (unsure), right
+    assert robustness.unsure_scores(probs, labels, threshold=0.65) == (0.5, 1 / 3)
 
 
 def test_closed_fours_are_found_by_their_loop() -> None:

@@ -102,7 +102,8 @@ def post(port: int, path: str, body: bytes, kind: str) -> tuple[int, object]:
 
 
 def assert_a_prediction(answer: dict) -> None:
-    assert set(answer) == {"digit", "label", "probability", "probabilities", "classes", "input_28x28"}
+    keys = {"digit", "label", "probability", "unsure", "probabilities", "classes", "input_28x28"}
+    assert set(answer) == keys
     assert answer["classes"] == [str(d) for d in range(10)] and answer["label"] == str(answer["digit"])
     assert abs(sum(answer["probabilities"]) - 1) < 1e-4
     assert answer["probability"] == pytest.approx(max(answer["probabilities"]), abs=1e-6)
@@ -134,6 +135,21 @@ def test_health_names_the_model(client: TestClient) -> None:
         "status": "ok",
         "model": {"net": "mnistlit.core.nets.Net"},
     }
+
+
+PNG = {"content-type": "image/png"}
+
+
+def test_an_answer_less_probable_than_the_threshold_is_unsure(client: TestClient) -> None:
+    probability = client.post("/predict", content=SEVEN, headers=PNG).json()["probability"]
+    untold = client.post("/predict", content=SEVEN, headers=PNG).json()
+    assert untold["unsure"] is None, "no threshold, no flag"
+    torch.manual_seed(0)  # the client's model
+    model, classes = LitClassifier(), [str(d) for d in range(10)]
+    for threshold, unsure in ((probability + 0.01, True), (probability - 0.01, False)):
+        classifier = Classifier(model, classes, {}, unsure_below=threshold)
+        answer = TestClient(create_app(classifier)).post("/predict", content=SEVEN, headers=PNG).json()
+        assert answer["probability"] == probability and answer["unsure"] is unsure
 
 
 def test_raw_multipart_and_json_uploads_give_the_same_answer(client: TestClient) -> None:
@@ -289,6 +305,8 @@ def test_the_server_stops_cleanly_and_frees_its_port(trained: Path, stop, busy: 
         model = get(port, "/health")[1]["model"]
         assert model["net"] == "mnistlit.core.nets.Net"
         assert model["checkpoint"].startswith("version_0/checkpoints/best-"), "no folders of this machine"
+        (best,) = (trained / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+        assert model["unsure_below"] == torch.load(best, weights_only=True)["unsure_below"]
         with concurrent.futures.ThreadPoolExecutor(4) as clients:
             if busy:
                 digits, _ = draw_digits(1000, seed=3)

@@ -88,6 +88,9 @@ class LitClassifier(L.LightningModule):
         self.train_metrics = StageMetrics(num_classes)
         self.val_metrics = StageMetrics(num_classes)
         self.test_metrics = StageMetrics(num_classes)
+        # Answers less probable than this are unsure: calibrated on the validation split during
+        # fit (mnistlit.runs.unsure), kept in every checkpoint; None before that.
+        self.unsure_below: float | None = None
 
     def configure_model(self) -> None:
         if self.compile_net:
@@ -123,15 +126,20 @@ class LitClassifier(L.LightningModule):
         # The epoch's training sums so far, so that a run stopped mid-epoch and resumed reports
         # that epoch's train_loss and train_acc over all its steps, not only those after the resume.
         checkpoint["train_metric_sums"] = self.train_metrics.sums()
+        checkpoint["unsure_below"] = self.unsure_below
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.unsure_below = checkpoint.get("unsure_below")
         # Under DDP a checkpoint holds rank 0's sums only: added once, the resumed epoch's numbers
         # cover rank 0's steps before the stop and every process's after it.
         if "train_metric_sums" in checkpoint and self.global_rank == 0:
             self.train_metrics.add(checkpoint["train_metric_sums"])
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, self.val_metrics)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        self.val_metrics.update(self.loss_fn(logits, labels), logits, labels)
+        return logits.softmax(dim=1)  # for the calibration of unsure answers (UnsureThreshold)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val", self.val_metrics)

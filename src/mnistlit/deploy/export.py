@@ -60,6 +60,7 @@ def metadata(about: dict, class_names: list[str], ckpt_path: str | Path) -> dict
         "network": about["net"],
         "dataset": str(about["dataset"]),
         "val_acc": "" if about["val_acc"] is None else f"{about['val_acc']:.4f}",
+        "unsure_below": "" if about["unsure_below"] is None else f"{about['unsure_below']:.6f}",
         "checkpoint": Path(ckpt_path).name,
         "checkpoint_sha256": sha256(ckpt_path),
         "mnistlit_version": version("mnistlit"),

@@ -52,6 +52,7 @@ class Classifier:
     class_names: list[str]
     info: dict
     max_pixels: int = MAX_IMAGE_PIXELS
+    unsure_below: float | None = None  # answers less probable are flagged unsure (runs/unsure.py)
 
     def __post_init__(self) -> None:
         allow_pixels(self.max_pixels)
@@ -89,6 +90,7 @@ class Classifier:
             "digit": best,
             "label": self.class_names[best],
             "probability": float(probabilities[best]),
+            "unsure": None if self.unsure_below is None else bool(probabilities[best] < self.unsure_below),
             "probabilities": [round(float(p), 6) for p in probabilities],
             "classes": self.class_names,
             "input_28x28": png_data_url(digit.numpy()),

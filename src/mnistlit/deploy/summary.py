@@ -29,6 +29,7 @@ def summary(path: str | Path, checkpoint: dict, model: LitClassifier, datamodule
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
         "val_acc": max(scores) if scores else None,
+        "unsure_below": checkpoint.get("unsure_below"),
     }
 
 
@@ -44,6 +45,11 @@ def run_relative(path: str | Path) -> str:
 def describe(about: dict) -> str:
     """A ``summary`` as the lines ``mnistlit describe`` prints."""
     val_acc = f"{about['val_acc']:.4f} (the run's best)" if about["val_acc"] is not None else "not recorded"
+    unsure = (
+        f"answers below {about['unsure_below']:.4f} probability (calibrated on the validation split)"
+        if about["unsure_below"] is not None
+        else "no threshold (a checkpoint from before mnistlit 0.3)"
+    )
     return "\n".join(
         [
             f"checkpoint: {about['checkpoint']}",
@@ -52,5 +58,6 @@ def describe(about: dict) -> str:
             f"val_size {about['val_size']}, split_seed {about['split_seed']}",
             f"trained:    epoch {about['epoch']}, step {about['global_step']}",
             f"val_acc:    {val_acc}",
+            f"unsure:     {unsure}",
         ]
     )

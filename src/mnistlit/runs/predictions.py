@@ -12,11 +12,13 @@ from mnistlit.runs.folders import run_folder
 
 
 class PredictionFiles(L.Callback):
-    """Writes ``predictions.csv`` (item, target, prediction, probability, top3) into the run
-    folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
+    """Writes ``predictions.csv`` (item, target, prediction, probability, top3, unsure) into the
+    run folder, and ``predictions.png``: the first inputs as the network saw them, with predictions.
 
     ``item`` is the image file when predicting ``--data.predict_dir``, else the test-set index;
-    targets and predictions are the dataset's class names (digits for MNIST).
+    targets and predictions are the dataset's class names (digits for MNIST). ``unsure`` is
+    ``yes`` where the probability is below the model's ``unsure_below`` (runs/unsure.py), empty
+    for a checkpoint that has none.
     """
 
     sheet_size = 100
@@ -33,7 +35,7 @@ class PredictionFiles(L.Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._open("w") as f:
-            csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3"])
+            csv.writer(f).writerow(["item", "target", "prediction", "probability", "top3", "unsure"])
 
     def _open(self, mode: str):
         # File names that are not valid UTF-8 reach Python as surrogate escapes; written back
@@ -52,6 +54,8 @@ class PredictionFiles(L.Callback):
         names = [str(items[i]) if items is not None else str(i) for i in indices]
         top_p, top_k = (t.tolist() for t in prediction.topk(min(3, prediction.shape[1]), dim=1))
         targets = ["" if t < 0 else classes[t] for t in batch[1].tolist()]
+        threshold = getattr(pl_module, "unsure_below", None)
+        unsure = ["" if threshold is None else "yes" if p[0] < threshold else "no" for p in top_p]
         with self._open("a") as f:
             csv.writer(f).writerows(
                 (
@@ -60,13 +64,15 @@ class PredictionFiles(L.Callback):
                     classes[k[0]],
                     f"{p[0]:.6f}",
                     " ".join(f"{classes[c]}:{q:.4f}" for c, q in zip(k, p, strict=True)),
+                    flag,
                 )
-                for name, target, k, p in zip(names, targets, top_k, top_p, strict=True)
+                for name, target, k, p, flag in zip(names, targets, top_k, top_p, unsure, strict=True)
             )
         room = self.sheet_size - len(self._sheet)
-        for image, name, k, p in list(zip(batch[0], names, top_k, top_p, strict=True))[:room]:
+        for image, name, k, p, flag in list(zip(batch[0], names, top_k, top_p, unsure, strict=True))[:room]:
             shown = Path(name).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:16]
-            self._sheet.append((image[0].cpu(), f"{shown}\n-> {classes[k[0]]} ({p[0]:.2f})"))
+            doubt = ", unsure" if flag == "yes" else ""
+            self._sheet.append((image[0].cpu(), f"{shown}\n-> {classes[k[0]]} ({p[0]:.2f}{doubt})"))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.path is None:

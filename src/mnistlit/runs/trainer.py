@@ -32,6 +32,7 @@ from mnistlit.runs.predictions import PredictionFiles
 from mnistlit.runs.process import CachedCudaCheck, keep_freed_memory, quiet_known_noise
 from mnistlit.runs.rng import ExactResume
 from mnistlit.runs.signals import StopOnSignal
+from mnistlit.runs.unsure import UnsureThreshold
 
 # The best weights by validation accuracy (the seed recipe's checkpoint); the CLI's defaults too.
 BEST_CHECKPOINT: dict[str, Any] = {
@@ -71,6 +72,8 @@ class Trainer(L.Trainer):
             checkpoint is added too unless ``callbacks`` has a ModelCheckpoint that monitors.
         precision_check: train in bf16 only where the hardware computes it (else ``32-true``),
             and say which precision runs and why.
+        unsure_threshold: calibrate on the validation split the probability under which
+            ``predict`` and ``serve`` call an answer unsure (UnsureThreshold).
         **kwargs: ``lightning.Trainer``'s arguments.
     """
 
@@ -86,6 +89,7 @@ class Trainer(L.Trainer):
         nonfinite_check: bool = True,
         last_checkpoint: bool = True,
         precision_check: bool = True,
+        unsure_threshold: bool = True,
         **kwargs: Any,
     ) -> None:
         quiet_known_noise()
@@ -112,6 +116,7 @@ class Trainer(L.Trainer):
             (history, EpochHistory),
             (pictures, RunPictures),
             (prediction_files, PredictionFiles),
+            (unsure_threshold, UnsureThreshold),
             (True, CachedCudaCheck),
         )
         added: list[Callback] = [
@@ -276,7 +281,9 @@ class Trainer(L.Trainer):
         checkpoint = self.checkpoint(ckpt_path)
         model.load_state_dict(checkpoint["state_dict"])
         about = summary(ckpt_path, checkpoint, model, datamodule) | {"checkpoint": run_relative(ckpt_path)}
-        classifier = serve.Classifier(model, datamodule.class_names, about, max_image_pixels)
+        classifier = serve.Classifier(
+            model, datamodule.class_names, about, max_image_pixels, unsure_below=about["unsure_below"]
+        )
         serve.run(serve.create_app(classifier, max_upload_bytes), host, port)
 
     def export(
