@@ -10,25 +10,13 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from mnistlit import LitClassifier, MNISTDataModule, Trainer
-from mnistlit.core.datasets import IDXDataset
+from mnistlit import LitClassifier, Trainer
 from mnistlit.core.errors import MnistlitError
 from mnistlit.runs import precision
 from mnistlit.runs.cli import main
 from tests.helpers import CONFIGS, assert_same_weights, tiny_config, weights
 
 QUIET = {"enable_model_summary": False, "enable_progress_bar": False, "deterministic": True}
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path: Path, monkeypatch) -> functools.partial:
-    """A factory of datamodules over the synthetic files, in a working folder of its own."""
-    data_dir, md5 = tiny_data
-    monkeypatch.chdir(tmp_path)
-    dataset = IDXDataset(md5=md5, mirrors=[])
-    return functools.partial(
-        MNISTDataModule, data_dir=str(data_dir), batch_size=32, val_size=100, dataset=dataset
-    )
 
 
 def files_in(run: Path) -> set[str]:

@@ -1,27 +1,15 @@
 """runs/unsure.py: the threshold under which answers are unsure, calibrated on the validation split."""
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 from mnistlit import LitClassifier, MNISTDataModule, Trainer
-from mnistlit.core.datasets import IDXDataset
 from mnistlit.runs import checkpoints
 from mnistlit.runs.unsure import UnsureThreshold
 
 QUIET = {"enable_model_summary": False, "enable_progress_bar": False, "deterministic": True}
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path: Path, monkeypatch) -> functools.partial:
-    data_dir, md5 = tiny_data
-    monkeypatch.chdir(tmp_path)
-    dataset = IDXDataset(md5=md5, mirrors=[])
-    return functools.partial(
-        MNISTDataModule, data_dir=str(data_dir), batch_size=32, val_size=100, dataset=dataset
-    )
 
 
 @torch.inference_mode()
