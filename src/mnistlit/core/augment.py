@@ -56,7 +56,8 @@ class HandwritingShifts(RandomAffine):
         elastic: typical displacement of the smooth random field, in pixels.
         stroke: share of images whose strokes get thicker (a 3x3 dilation) or thinner (half of a
             3x3 erosion mixed in), half and half.
-        low_resolution: share of images shrunk to a side in [12, 18] pixels and scaled back.
+        low_resolution: share of images scanned at low resolution: area-averaged to a side in
+            [10, 18] pixels, quantised to 4, 8 or 16 grey levels, scaled back up bicubically.
         blur: share of images blurred (a 5x5 Gaussian, sigma 1, mixed in at a random strength).
         noise: Gaussian noise of a standard deviation drawn from [0, noise] on every image.
         specks: share of images with up to 8% of their pixels set to black or white.
@@ -94,10 +95,16 @@ class HandwritingShifts(RandomAffine):
         stroke = torch.where(which < self.stroke / 2, thicker, thinner)
         images = torch.where(which < self.stroke, stroke, images)
 
-        # Drawn on the CPU: one int for the batch, without a host-device sync each step on a GPU.
-        side = int(torch.randint(12, 19, (1,)))
+        # A low-resolution scan: the ink binned to `side` pixels (the digit, 20 of MNIST's 28, then
+        # spans 7 to 13), quantised to 4, 8 or 16 grey levels, and smoothly scaled back up, as a
+        # viewer shows it. The side is drawn on the CPU: one int for the batch, without a
+        # host-device sync each step on a GPU.
+        side = int(torch.randint(10, 19, (1,)))
         small = F.interpolate(images, size=(side, side), mode="area")
-        coarse = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        steps = 2 ** torch.randint(2, 5, (images.shape[0], 1, 1, 1), device=images.device) - 1
+        small = torch.round(small * steps) / steps
+        coarse = F.interpolate(small, size=images.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        coarse = coarse / coarse.amax(dim=(2, 3), keepdim=True).clamp(min=1e-3)  # predict stretches the greys
         images = torch.where(per_image() < self.low_resolution, coarse, images)
 
         strength = per_image() * (per_image() < self.blur)

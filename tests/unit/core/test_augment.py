@@ -85,12 +85,17 @@ def test_each_handwriting_shift_changes_the_ink_its_own_way() -> None:
     assert (thicker_or_thinner > 1.2).any() and (thicker_or_thinner < 0.9).any()
     assert ((thicker_or_thinner > 1.2) | (thicker_or_thinner < 0.9)).all(), "every image changed"
     coarse = only(low_resolution=1.0)
-    assert (coarse - images).abs().amax() > 0.2 and torch.allclose(coarse.sum(dim=(1, 2, 3)), ink, rtol=0.2)
+    assert (coarse - images).abs().amax() > 0.2
+    brightest = coarse.amax(dim=(1, 2, 3))
+    assert torch.allclose(brightest, torch.ones(len(images))), "greys stretched, as predict does"
+    redrawn = ((coarse - images).abs() > 0.1).flatten(1).float().mean(dim=1)
+    assert (redrawn > 0.1).all(), "every image scanned anew, its strokes' edges redrawn"
     noisy = only(noise=0.1)
     assert ((noisy - images).abs().flatten(1).amax(dim=1) > 0).float().mean() > 0.9
     specked = only(specks=1.0)
     changed = ((specked - images).abs() > 1e-3).flatten(1).float().mean(dim=1)
-    assert changed.max() <= 0.09 and (changed > 0.01).float().mean() > 0.8
+    # Each pixel is hit with a probability up to 0.08: over 784 pixels, 3 standard deviations above is 0.109.
+    assert changed.max() <= 0.11 and (changed > 0.01).float().mean() > 0.8
     crossed = only(lines=1.0) - only()  # the same draws before the line
     assert (crossed >= 0).all() and (crossed.flatten(1).amax(dim=1) > 0.1).all(), "a line adds ink only"
     bent = only(elastic=1.0, shear=0.3)
