@@ -23,7 +23,7 @@ def main(model_file: str, image_files: list[str]) -> None:
     session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
     about = session.get_modelmeta().custom_metadata_map
     classes = json.loads(about["classes"])
-    unsure_below = float(about.get("unsure_below") or 0)  # files exported before mnistlit 0.3 have none
+    unsure_below = float(about.get("unsure_below") or 0)  # absent before mnistlit 0.3
     digits, read = [], []
     for file in image_files:
         try:

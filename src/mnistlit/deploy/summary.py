@@ -48,7 +48,7 @@ def describe(about: dict) -> str:
     unsure = (
         f"answers below {about['unsure_below']:.4f} probability (calibrated on the validation split)"
         if about["unsure_below"] is not None
-        else "no threshold (a checkpoint from before mnistlit 0.3)"
+        else "no threshold (trained before mnistlit 0.3, without validation, or with unsure_threshold off)"
     )
     return "\n".join(
         [
