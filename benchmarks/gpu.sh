@@ -7,7 +7,8 @@
 # Needs the MNIST files in data/mnist (the GPU machine may have no network).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+PY=${PY:-.venv-dev/bin/python}  # the benchmarks' tools (make dev)
+RUN=${RUN:-.venv/bin/python}  # the environment users run mnistlit in, for the command's wall time
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu tries the script out on a machine without a GPU
 
 "$PY" -c "import torch, sys; sys.exit(0 if '$DEVICE' != 'cuda' or torch.cuda.is_available() else 'no CUDA GPU here')"
@@ -23,10 +24,10 @@ for precision in 32-true bf16-mixed; do
   run=(--config configs/speedrun.yaml --trainer.accelerator "$accelerator" --trainer.precision "$precision"
        --trainer.default_root_dir "$logs/$precision")
   started=$(date +%s.%N)
-  "$PY" -m mnistlit fit "${run[@]}" > "$logs/fit.out" 2>&1 || { tail -20 "$logs/fit.out"; exit 1; }
+  "$RUN" -m mnistlit fit "${run[@]}" > "$logs/fit.out" 2>&1 || { tail -20 "$logs/fit.out"; exit 1; }
   ended=$(date +%s.%N)
   training=$("$PY" -c "import csv, sys; print(f'{sum(float(r[\"seconds\"]) for r in csv.DictReader(open(sys.argv[1]))):.1f}')" \
     "$logs/$precision/lightning_logs/version_0/history.csv")
-  accuracy=$("$PY" -m mnistlit test "${run[@]}" --ckpt_path last 2>/dev/null | grep -oE 'test_acc +[0-9.]+' | grep -oE '[0-9.]+$' | cut -c1-6)
+  accuracy=$("$RUN" -m mnistlit test "${run[@]}" --ckpt_path last 2>/dev/null | grep -oE 'test_acc +[0-9.]+' | grep -oE '[0-9.]+$' | cut -c1-6)
   echo "| $precision | $("$PY" -c "print(f'{$ended - $started:.1f}')") | $training | $accuracy |"
 done

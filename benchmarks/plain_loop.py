@@ -16,10 +16,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnistlit.core.batches import split_indices
-from mnistlit.core.datasets import MNIST
+from mnistlit.core.datasets import MNIST, read_idx
 from mnistlit.core.inputs import MNIST_MEAN, MNIST_STD
 from mnistlit.core.nets import Net
 from mnistlit.runs.sources import ensure_files
@@ -60,12 +59,12 @@ def main() -> None:
     else:
         autocast = contextlib.nullcontext
     folder = ensure_files(MNIST, args.data_dir)
-    images = read_image_file(str(folder / MNIST.train_images)).to(device)
-    labels = read_label_file(str(folder / MNIST.train_labels)).to(device)
+    images = read_idx(folder / MNIST.train_images).to(device)
+    labels = read_idx(folder / MNIST.train_labels).long().to(device)
     train, val = split_indices(len(labels), 5000, seed=42)
     train_x, train_y, val_x, val_y = images[train], labels[train], images[val], labels[val]
-    test_x = read_image_file(str(folder / MNIST.test_images)).to(device)
-    test_y = read_label_file(str(folder / MNIST.test_labels)).to(device)
+    test_x = read_idx(folder / MNIST.test_images).to(device)
+    test_y = read_idx(folder / MNIST.test_labels).long().to(device)
 
     net = Net().to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)

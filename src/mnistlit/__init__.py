@@ -5,6 +5,9 @@ model's life after training (docs/architecture.md).
 """
 
 import importlib
+from importlib.metadata import version
+
+__version__ = version("mnistlit")
 
 __all__ = [
     "LitClassifier",

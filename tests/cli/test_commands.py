@@ -16,6 +16,7 @@ from mnistlit import LitClassifier, classify
 from mnistlit.runs.precision import cpu_bf16_instructions
 from tests.helpers import (
     BASE_CONFIG,
+    CLI_ENV,
     CONFIGS,
     assert_one_clear_line,
     cli,
@@ -249,6 +250,34 @@ def test_describe_says_what_a_checkpoint_holds_and_writes_nothing(fitted) -> Non
 def test_version(tmp_path: Path) -> None:
     result = cli(tmp_path, "--version")
     assert result.returncode == 0 and result.stdout.strip() == "mnistlit 0.2.0"
+
+
+@pytest.mark.parametrize("command", ["console script", "python -m"])
+def test_the_version_is_answered_before_torch_is_imported(tmp_path: Path, command: str) -> None:
+    """`mnistlit --version` is a tenth of a second, not the seconds torch and Lightning take to import."""
+    script = Path(sys.executable).parent / "mnistlit"
+    start = [str(script)] if command == "console script" else [sys.executable, "-m", "mnistlit"]
+    result = subprocess.run(
+        [*start, "--version"], cwd=tmp_path, capture_output=True, text=True,
+        env={**CLI_ENV, "PYTHONPROFILEIMPORTTIME": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "mnistlit 0.2.0\n", result.stderr[-3000:]
+    imported = {
+        line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")
+    }
+    assert "mnistlit" in imported and not {"torch", "lightning", "numpy"} & imported
+
+
+def test_help_of_one_subcommand_and_of_all(tmp_path: Path) -> None:
+    """Only the named subcommand's parser is built (each takes 0.1-0.2 s); without one, all are."""
+    fit_help = cli(tmp_path, "fit", "--help")
+    assert fit_help.returncode == 0 and "--trainer.max_epochs" in fit_help.stdout
+    assert "--data.predict_dir" in cli(tmp_path, "predict", "--help").stdout
+    everything = cli(tmp_path, "--help")
+    assert everything.returncode == 0
+    assert "{fit,validate,test,predict,describe,serve,export}" in everything.stdout
+    misspelt = cli(tmp_path, "fitt")
+    assert_one_clear_line(misspelt, "invalid choice: 'fitt'", "'describe', 'serve', 'export'")
 
 
 def test_bf16_mixed_precision_and_a_compiled_network_train(workdir: Path) -> None:
