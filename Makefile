@@ -65,7 +65,7 @@ clean:
 	rm -rf $(VENV) $(DEV) node_modules lightning_logs
 
 bench: dev
-	$(DEV_PY) benchmarks/run.py $(BENCH_ARGS)
+	$(DEV_PY) benchmarks/run.py --json docs/measurements $(BENCH_ARGS)
 	$(DEV_PY) benchmarks/time_to_accuracy.py
 	$(DEV_PY) benchmarks/lightning_floor.py --json docs/measurements
 	$(DEV_PY) benchmarks/render_docs.py

@@ -28,10 +28,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import measured
 import torch
 from flops import epoch_flops, peak_gflops
 
 from mnistlit.core.nets import Net
+from mnistlit.runs.precision import cpu_bf16_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -100,6 +102,15 @@ def mnistlit(
     }
 
 
+def measured_precisions(device: str) -> list[str]:
+    """bf16 where it is computed natively: elsewhere mnistlit trains a bf16 recipe in fp32
+    (runs/precision.py) while a plain loop would emulate bf16, and no ratio would mean anything."""
+    if device == "cuda" or cpu_bf16_instructions():
+        return list(PRECISIONS)
+    print("bf16-mixed not measured: this CPU has no AVX512-BF16 or AMX", file=sys.stderr)
+    return ["32-true"]
+
+
 def timed(runs: list[dict]) -> list[float]:
     """The timed epochs (all but the first of each run)."""
     return [s for r in runs for s in r["epoch_seconds"][1:]]
@@ -125,15 +136,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per precision")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--compile", action="store_true", help="also time mnistlit with --model.compile true")
+    parser.add_argument("--json", metavar="FOLDER", help="also write the table as JSON there (make docs)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is warm-up and not timed")
 
-    plain = {precision: [] for precision in PRECISIONS}
-    ours = {precision: [] for precision in PRECISIONS}
-    compiled = {precision: [] for precision in PRECISIONS}
+    precisions = measured_precisions(args.device)
+    plain: dict[str, list[dict]] = {precision: [] for precision in precisions}
+    ours: dict[str, list[dict]] = {precision: [] for precision in precisions}
+    compiled: dict[str, list[dict]] = {precision: [] for precision in precisions}
     for round_ in range(args.rounds):
-        for precision in PRECISIONS:
+        for precision in precisions:
             with tempfile.TemporaryDirectory() as logs:
                 for name in ("mnistlit", "plain") if round_ % 2 else ("plain", "mnistlit"):
                     if name == "plain":
@@ -158,7 +171,7 @@ def main() -> None:
 
     # (name, precision, runs, their plain loop's runs)
     rows = []
-    for precision in PRECISIONS:
+    for precision in precisions:
         rows.append((f"plain PyTorch loop, {precision}", precision, plain[precision], None))
         rows.append((f"mnistlit (CLI, base.yaml), {precision}", precision, ours[precision], plain[precision]))
         if compiled[precision]:
@@ -169,7 +182,7 @@ def main() -> None:
         rows.append(("seed pipeline (DataLoader, ToTensor, tqdm)", "32-true", [seed_run], None))
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    peaks = {precision: peak_gflops(DTYPES[precision], args.device) for precision in PRECISIONS}
+    peaks = {precision: peak_gflops(DTYPES[precision], args.device) for precision in precisions}
     per_epoch = epoch_flops(Net())
     seed_seconds = statistics.median(timed([seed_run])) if seed_run else None
     fp32_plain = plain["32-true"]
@@ -183,6 +196,7 @@ def main() -> None:
         "faster than seed | GFLOP/s | of peak | val acc | test acc | peak RSS |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table = []
     for name, precision, runs, baselines in rows:
         seconds = statistics.median(timed(runs))
         achieved = per_epoch / seconds / 1e9
@@ -195,6 +209,8 @@ def main() -> None:
             f"{of_peak:.0%} | {runs[-1]['val_accs'][-1]:.4f} | {runs[-1]['test_acc']:.4f} | "
             f"{max(r['rss_mb'] for r in runs):.0f} MB |"
         )
+        table.append([name, round(seconds, 2), own, f"{versus_fp32:.3f}×", versus_seed, round(achieved),
+                      f"{of_peak:.0%}", round(runs[-1]["test_acc"], 4)])  # fmt: skip
     print(
         f"\nFLOPs: {per_epoch / 1e12:.3f} TFLOP an epoch (seed Net: forward and backward of 55,000 images, "
         "forward of 5,000; python benchmarks/flops.py lists them per layer)"
@@ -203,14 +219,28 @@ def main() -> None:
         print(
             f"peak {precision}: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
         )
-    for precision in PRECISIONS:
+    spreads = []
+    for precision in precisions:
         if len(timed(ours[precision])) >= 4:
             ratios = paired_ratios(ours[precision], plain[precision])
-            print(f"mnistlit / plain loop, {precision}, {len(ratios)} paired epochs: {spread(ratios)}")
-    if len(timed(ours["bf16-mixed"])) >= 4:
+            spreads.append(
+                f"mnistlit / plain loop, {precision}, {len(ratios)} paired epochs: {spread(ratios)}"
+            )
+            print(spreads[-1])
+    if "bf16-mixed" in precisions and len(timed(ours["bf16-mixed"])) >= 4:
         print(
             f"mnistlit bf16-mixed / fp32 plain loop: {spread(paired_ratios(ours['bf16-mixed'], fp32_plain))}"
         )
+    if args.json:
+        columns = ["run", "s/epoch (median)", "ratio to its plain loop", "ratio to fp32 plain loop",
+                   "faster than seed", "GFLOP/s", "of peak", "test acc"]  # fmt: skip
+        note = f"{args.rounds} rounds of {args.epochs} epochs, the first of each run not timed. " + "; ".join(
+            spreads
+        )
+        if "bf16-mixed" not in precisions:
+            note += ". No bf16: this CPU has no AVX512-BF16 or AMX."
+        command = f"make bench (benchmarks/run.py --epochs {args.epochs} --rounds {args.rounds})"
+        print(f"\nwritten: {measured.write(args.json, 'bench', command, columns, table, note)}")
 
 
 if __name__ == "__main__":

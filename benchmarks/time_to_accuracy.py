@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 import torch
-from run import PRECISIONS, cpu_name, mnistlit, script
+from run import cpu_name, measured_precisions, mnistlit, script
 
 THRESHOLDS = (0.985, 0.99, 0.995)
 
@@ -45,12 +45,13 @@ def main() -> None:
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    precisions = measured_precisions(device)
     rows = [
         row("seed pipeline (DataLoader, ToTensor, tqdm), fp32",
             script("seed_pipeline.py", args.epochs, args.data_dir)),
         row("torchkeras KerasModel, fp32", script("keras_loop.py", args.epochs, args.data_dir)),
     ]  # fmt: skip
-    for precision in PRECISIONS:
+    for precision in precisions:
         flags = ["--device", device, "--precision", precision]
         rows.append(
             row(
@@ -59,7 +60,7 @@ def main() -> None:
             )
         )
     for config, epochs in (("configs/base.yaml", args.epochs), ("configs/speedrun.yaml", 2)):
-        for precision in PRECISIONS:
+        for precision in precisions:
             with tempfile.TemporaryDirectory() as logs:
                 result = mnistlit(epochs, args.data_dir, device, precision, logs, config=config)
             rows.append(row(f"mnistlit {config.removeprefix('configs/')}, {precision}", result))

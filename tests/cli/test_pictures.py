@@ -82,10 +82,11 @@ def test_test_leaves_confusion_matrix_and_mistakes(fitted_and_tested: Path) -> N
 
 def test_a_real_tensorboard_server_shows_the_scalars(fitted_and_tested: Path) -> None:
     port = free_port()
-    tensorboard = Path(sys.executable).with_name("tensorboard")
+    # The `tensorboard` script is in .venv/bin; the tests run in .venv-dev.
+    tensorboard = [sys.executable, "-m", "tensorboard.main"]
     logdir = fitted_and_tested / "lightning_logs"
     server = subprocess.Popen(
-        [str(tensorboard), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        [*tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
