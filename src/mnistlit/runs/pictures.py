@@ -116,12 +116,12 @@ class RunPictures(L.Callback):
         folder = run_folder(trainer)
         if folder is None:
             return
-        figure = draw()
+        image = plots.pixels(draw())
         experiment = self._tensorboard(trainer)
         if experiment is not None:
-            experiment.add_figure(name, figure, global_step=trainer.global_step, close=False)
+            experiment.add_image(name, image, global_step=trainer.global_step, dataformats="HWC")
         folder.mkdir(parents=True, exist_ok=True)
-        plots.save(figure, folder / f"{name}.png")
+        plots.save_png(image, folder / f"{name}.png")
 
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:

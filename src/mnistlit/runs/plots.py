@@ -7,8 +7,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from mnistlit.core.errors import MnistlitError  # noqa: E402
 from mnistlit.files import atomic_write  # noqa: E402
@@ -23,7 +25,9 @@ def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Fig
     for ax, image, title in zip(axes.flat, images.float().cpu(), titles, strict=False):
         ax.imshow(image.numpy(), cmap="gray")
         ax.set_title(title, fontsize=9, parse_math=False)  # file names may hold $
-    figure.tight_layout()
+    # Fixed margins (a title's height is 0.3 in): tight_layout would draw the whole figure once
+    # more to measure it, 0.4 s of a run's start for 18 digits.
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.3 / (2.6 * rows), hspace=0.15)
     return figure
 
 
@@ -67,11 +71,25 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str]) -> Figure:
     return figure
 
 
-def save(figure: Figure, path: Path) -> None:
-    """Write the figure as PNG (atomically: a viewer refreshing it never sees half a file) and free it."""
+def pixels(figure: Figure) -> np.ndarray:
+    """The figure drawn once, as RGB pixels (H, W, 3) at 100 dpi, and freed: a PNG and TensorBoard
+    both take these, instead of drawing the figure once each."""
     try:
-        atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
-    except OSError as e:
-        raise MnistlitError(f"could not write {path}: {e.strerror or e}") from e
+        figure.set_dpi(100)
+        figure.canvas.draw()
+        return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]  # the Agg canvas
     finally:
         plt.close(figure)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write RGB pixels as PNG, atomically: a viewer refreshing it never sees half a file."""
+    try:
+        atomic_write(path, lambda f: Image.fromarray(image).save(f, format="png"))
+    except OSError as e:
+        raise MnistlitError(f"could not write {path}: {e.strerror or e}") from e
+
+
+def save(figure: Figure, path: Path) -> None:
+    """Write the figure as PNG and free it."""
+    save_png(pixels(figure), path)
