@@ -43,8 +43,9 @@ SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagge
 fit: install
 	$(PY) -m mnistlit fit --config $(CONFIG)
 
+# pytest runs in .venv-dev; the mnistlit processes the tests start run in .venv, as a user's do.
 test: dev lint
-	$(DEV_PY) -m pytest
+	MNISTLIT_PYTHON=$(PY) $(DEV_PY) -m pytest
 
 lint: dev node_modules/.installed
 	$(DEV)/bin/ruff check src tests benchmarks examples

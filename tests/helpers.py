@@ -115,13 +115,18 @@ def tiny_config(workdir: Path, md5: dict[str, str], max_epochs: int = 2) -> Path
 
 
 CLI_ENV = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "PYTHONPATH": str(ROOT)}
+# The Python of the environment users run mnistlit in (`make test` names .venv's): the processes
+# the tests start run there, without the tools of .venv-dev where pytest itself runs (whose
+# torchvision and scipy torchmetrics would import at every start, and which could hide a
+# dependency the runtime lacks). Absolute, not resolved: a venv's python is a link.
+PYTHON = os.path.abspath(os.environ.get("MNISTLIT_PYTHON") or sys.executable)
 
 
 def run_cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m mnistlit ARGS`` in ``workdir`` the way a user types it, in a new process:
     for the tests where the process itself is the point (its start-up, its exit, a signal)."""
     return subprocess.run(
-        [sys.executable, "-m", "mnistlit", *args],
+        [PYTHON, "-m", "mnistlit", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -191,7 +196,7 @@ def _as_in_a_terminal() -> None:
 def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
     """Start ``python -m mnistlit ARGS`` in ``workdir`` without waiting for it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "mnistlit", *args],
+        [PYTHON, "-m", "mnistlit", *args],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

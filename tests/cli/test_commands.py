@@ -18,6 +18,7 @@ from tests.helpers import (
     BASE_CONFIG,
     CLI_ENV,
     CONFIGS,
+    PYTHON,
     assert_one_clear_line,
     cli,
     draw_seven,
@@ -255,8 +256,8 @@ def test_version(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["console script", "python -m"])
 def test_the_version_is_answered_before_torch_is_imported(tmp_path: Path, command: str) -> None:
     """`mnistlit --version` is a tenth of a second, not the seconds torch and Lightning take to import."""
-    script = Path(sys.executable).parent / "mnistlit"
-    start = [str(script)] if command == "console script" else [sys.executable, "-m", "mnistlit"]
+    script = Path(PYTHON).parent / "mnistlit"
+    start = [str(script)] if command == "console script" else [PYTHON, "-m", "mnistlit"]
     result = subprocess.run(
         [*start, "--version"], cwd=tmp_path, capture_output=True, text=True,
         env={**CLI_ENV, "PYTHONPROFILEIMPORTTIME": "1"},

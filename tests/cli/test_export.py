@@ -19,6 +19,7 @@ from mnistlit.deploy.images import classify
 from tests.helpers import (
     CLI_ENV,
     CONFIGS,
+    PYTHON,
     ROOT,
     WITH_A_FULL_DISK,
     assert_one_clear_line,
@@ -154,7 +155,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained: Path, args, phrase) -
 
 def test_a_full_disk_is_one_line_and_leaves_no_file(trained: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", WITH_A_FULL_DISK, *EXPORT, "--output", "full"],
+        [PYTHON, "-c", WITH_A_FULL_DISK, *EXPORT, "--output", "full"],
         cwd=trained, capture_output=True, text=True, timeout=300, env=CLI_ENV,
     )  # fmt: skip
     assert_one_clear_line(result, "could not write", "model.onnx: File too large", "nothing was exported")

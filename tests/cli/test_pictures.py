@@ -4,7 +4,6 @@ import csv
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from tests.helpers import (
     CONFIGS,
+    PYTHON,
     assert_one_clear_line,
     cli,
     draw_seven,
@@ -82,8 +82,7 @@ def test_test_leaves_confusion_matrix_and_mistakes(fitted_and_tested: Path) -> N
 
 def test_a_real_tensorboard_server_shows_the_scalars(fitted_and_tested: Path) -> None:
     port = free_port()
-    # The `tensorboard` script is in .venv/bin; the tests run in .venv-dev.
-    tensorboard = [sys.executable, "-m", "tensorboard.main"]
+    tensorboard = [PYTHON, "-m", "tensorboard.main"]  # as `make tensorboard` starts it, in .venv
     logdir = fitted_and_tested / "lightning_logs"
     server = subprocess.Popen(
         [*tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 from mnistlit.core.datasets import IDXDataset
 from mnistlit.runs.data import MNISTDataModule
-from tests.helpers import CONFIGS, ROOT, tiny_config, write_synthetic_mnist
+from tests.helpers import CONFIGS, PYTHON, ROOT, tiny_config, write_synthetic_mnist
 from tests.shard_recorder import image_digest
 
 DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
@@ -25,7 +24,7 @@ RECORD = ("--trainer.callbacks+", "tests.shard_recorder.RecordShards")
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     result = subprocess.run(
-        [sys.executable, "-m", "mnistlit", *args],
+        [PYTHON, "-m", "mnistlit", *args],
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -9,6 +9,7 @@ import pytest
 from tests.helpers import (
     CLI_ENV,
     FIT,
+    PYTHON,
     WITH_A_FULL_DISK,
     assert_mnist_like,
     assert_one_clear_line,
@@ -41,7 +42,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_state(workd
     history = (run / "history.csv").read_text()
 
     resumed = subprocess.run(
-        [sys.executable, "-c", WITH_A_FULL_DISK, *FIT, "--trainer.max_epochs", "2", "--ckpt_path", "last"],
+        [PYTHON, "-c", WITH_A_FULL_DISK, *FIT, "--trainer.max_epochs", "2", "--ckpt_path", "last"],
         cwd=workdir, capture_output=True, text=True, timeout=300, env=CLI_ENV,
     )  # fmt: skip
     assert_one_clear_line(
@@ -60,7 +61,7 @@ def test_a_large_photo_is_shrunk_before_any_float_copy() -> None:
     assert_mnist_like(preprocess_image(photo))
     # Float64 copies of 48 megapixels would take 384 MB each; the shrunk photo needs a few MB.
     result = subprocess.run(
-        [sys.executable, "-c", PEAK_MEMORY_OF_A_48_MEGAPIXEL_PHOTO], capture_output=True, text=True
+        [PYTHON, "-c", PEAK_MEMORY_OF_A_48_MEGAPIXEL_PHOTO], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     extra_kb, ink = map(int, result.stdout.split())
