@@ -53,7 +53,7 @@ class MnistCLI(LightningCLI):
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
         """Lightning's subcommands and ours; when the command line starts with one, that one alone:
-        building a subcommand's parser takes 0.1-0.2 s here, and all seven a second of every start-up."""
+        parsing `fit --help` took 0.56-0.90 s with all seven parsers built, 0.12-0.24 s with one."""
         if self.named in self.ALL_SUBCOMMANDS:
             return {self.named: self.ALL_SUBCOMMANDS[self.named]}
         return self.ALL_SUBCOMMANDS
