@@ -9,7 +9,8 @@ CONFIG ?= configs/base.yaml
 .PHONY: install dev fit test lint docs swagger-ui tensorboard bench bench-startup bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
 # What mnistlit runs in: the package with its serve and export extras, and nothing else, because
-# torchmetrics imports torchvision and scipy whenever they are installed (2.4 s of every start-up).
+# torchmetrics imports torchvision and scipy whenever they are installed (2.5 s of every start-up
+# on a 2-vCPU AMD EPYC Zen 3; docs/speed.md).
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml

@@ -26,7 +26,7 @@ def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Fig
         ax.imshow(image.numpy(), cmap="gray")
         ax.set_title(title, fontsize=9, parse_math=False)  # file names may hold $
     # Fixed margins (a title's height is 0.3 in): tight_layout would draw the whole figure once
-    # more to measure it, 0.4 s of a run's start for 18 digits.
+    # more to measure it: 0.4 s of a run's start for 18 digits on a 2-vCPU AMD EPYC Zen 3.
     figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.3 / (2.6 * rows), hspace=0.15)
     return figure
 
