@@ -6,7 +6,7 @@ DEV := .venv-dev
 DEV_PY := $(DEV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install dev fit test lint docs swagger-ui tensorboard bench bench-startup bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
+.PHONY: install dev fit test lint docs swagger-ui tensorboard mlflow-ui bench bench-startup bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
 # What mnistlit runs in: the package with its serve and export extras, and nothing else, because
 # torchmetrics imports torchvision and scipy whenever they are installed (2.5 s of every start-up
@@ -62,6 +62,10 @@ export: install
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir lightning_logs
+
+# The MLflow UI on the store configs/loggers/mlflow.yaml writes (its tools come with .venv-dev).
+mlflow-ui: dev
+	$(DEV)/bin/mlflow ui --backend-store-uri sqlite:///lightning_logs/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) $(DEV) node_modules lightning_logs

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.core.mixins import hparams_mixin
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mnistlit"
 
@@ -49,6 +49,22 @@ def test_the_logger_version_the_trainer_sets(tmp_path: Path) -> None:  # runs/tr
         assert Path(logger.log_dir) == tmp_path / "lightning_logs" / "version_7"
 
 
+def test_the_tracker_runs_the_trainer_names_and_continues(tmp_path: Path) -> None:  # runs/trackers.py
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow = MLFlowLogger(tracking_uri=store, artifact_location=str(tmp_path / "artifacts"))
+    assert (mlflow._run_id, mlflow._run_name, mlflow._tracking_uri) == (None, None, store)
+    mlflow._run_name = "version_7"
+    first = mlflow.run_id
+    assert mlflow.experiment.get_run(first).info.run_name == "version_7"
+    again = MLFlowLogger(tracking_uri=store)
+    again._run_id = first
+    assert again.run_id == first
+    wandb = WandbLogger(save_dir=tmp_path, offline=True)
+    assert wandb._wandb_init["id"] is None and wandb._id is None and wandb._name is None
+    wandb._wandb_init["id"] = wandb._id = "abc123"
+    assert wandb.version == "abc123"  # read before the run starts, as TrackerRuns' state is
+
+
 def test_the_cpu_bf16_checks_precision_reads() -> None:  # runs/precision.py cpu_bf16_instructions
     assert isinstance(torch.cpu._is_amx_tile_supported(), bool)
     assert isinstance(torch.cpu._is_avx512_bf16_supported(), bool)
@@ -62,6 +78,7 @@ def test_no_other_private_name_of_a_library_is_touched() -> None:
         "_should_skip_saving_checkpoint", "_save_last_checkpoint", "_monitor_candidates",  # ModelCheckpoint
         "_run_subcommand", "_parse_ckpt_path",  # LightningCLI
         "_given_hyperparameters", "_version",  # Lightning's hparams context, a logger's version
+        "_run_id", "_run_name", "_tracking_uri", "_wandb_init", "_id", "_name",  # MLflow's and W&B's loggers
         "_is_amx_tile_supported", "_is_avx512_bf16_supported",  # torch.cpu
         "_core",  # numpy._core.multiarray._reconstruct: the one global the MNIST pickle may name
         "_reconstruct",

@@ -3,17 +3,19 @@
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import lightning as L
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mnistlit import __version__
 from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.module import LitClassifier
-from mnistlit.runs import checkpoints, folders
+from mnistlit.runs import checkpoints, folders, trackers
 from mnistlit.runs.checkpoints import LastCheckpoint
 from mnistlit.runs.data import MNISTDataModule
 from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, format_table
@@ -32,6 +34,16 @@ class MnistArgumentParser(LightningArgumentParser):
         command = ["mnistlit", *parser.prog.replace(" [options]", "").split()[1:]]
         sys.stderr.write(f"mnistlit: error: {one_line(message)} (see: {' '.join(command)} --help)\n")
         sys.exit(2)
+
+
+class SaveConfig(SaveConfigCallback):
+    """config.yaml in the run folder (Lightning's), and the same config for MLflow and W&B: their
+    params or run config, and config.yaml as a file of their run."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.log_dir and any(isinstance(lg, trackers.TRACKERS) for lg in trainer.loggers):
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            trackers.log_config(trainer, config, Path(trainer.log_dir) / self.config_filename)
 
 
 class MnistCLI(LightningCLI):
@@ -110,6 +122,16 @@ class MnistCLI(LightningCLI):
             path = folders.resolve(config.ckpt_path, folders.runs_folder(config.trainer))
             self.checkpoint = checkpoints.load(path)
             config.ckpt_path = str(path)
+
+    def instantiate_classes(self) -> None:
+        """Build the config's objects; a logger that cannot start is one line naming the cause."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, ModuleNotFoundError) as e:
+            line = trackers.explain_start_failure(e)
+            if line is None:
+                raise
+            raise MnistlitError(line) from e
 
     def _parse_ckpt_path(self) -> None:
         """Take the model's hyperparameters from the checkpoint (as Lightning does), from the copy
@@ -199,6 +221,7 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults={"callbacks": [stops]},  # the Trainer's own, read below
             trainer_class=Trainer,
             # Each run has its own folder, and a resumed run writes its config.yaml again, with ckpt_path.
+            save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=MnistArgumentParser,

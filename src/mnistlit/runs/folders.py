@@ -2,6 +2,7 @@
 where a callback writes."""
 
 import fcntl
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -9,18 +10,23 @@ from typing import IO
 
 import lightning as L
 from jsonargparse import Namespace
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mnistlit.core.errors import MnistlitError
 from mnistlit.runs.checkpoints import CHECKPOINT_ALIASES, load
 
 
 def runs_folder(trainer: Namespace) -> Path:
-    """The folder that holds this config's ``version_N`` run folders (the logger's root)."""
-    logger = trainer.get("logger")
+    """The folder that holds this config's ``version_N`` run folders: the root of its first
+    TensorBoard or CSV logger, as ``mnistlit.Trainer.runs_dir`` will say once it is built."""
     root = Path(trainer.get("default_root_dir") or ".")
-    if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
-        init = logger.init_args
-        return Path(init.get("save_dir") or root) / (init.get("name") or "lightning_logs")
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+            module, _, name = logger.class_path.rpartition(".")
+            if issubclass(getattr(importlib.import_module(module), name), TensorBoardLogger | CSVLogger):
+                init = logger.init_args
+                return Path(init.get("save_dir") or root) / (init.get("name") or "lightning_logs")
     return root / "lightning_logs"
 
 

@@ -1,8 +1,9 @@
-"""The epoch history of a fit: history.csv and learning_curves.png in the run folder, and the
-table fit prints."""
+"""The epoch history of a fit: history.csv and learning_curves.png in the run folder, the table
+fit prints, and the curves redrawn live in a notebook."""
 
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,40 @@ class EpochHistory(L.Callback):
         except OSError as e:
             reason = f"{e.strerror or e}; the previous one is unchanged"
             raise MnistlitError(f"could not write {self.path}: {reason}") from e
+
+
+class LiveCurves(L.Callback):
+    """Inside a Jupyter kernel, the learning curves below the running cell, redrawn each time an
+    epoch's row is complete (a notebook's TensorBoard). Once per epoch, so no step pays for it
+    (docs/tracking.md); outside Jupyter it does nothing."""
+
+    def __init__(self) -> None:
+        self._shown: Any = None  # the cell output's display handle, once there is a curve to show
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer)
+
+    def _draw(self, trainer: L.Trainer) -> None:
+        history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)  # type: ignore[attr-defined]
+        if not trainer.is_global_zero or not in_jupyter() or history is None or not history.rows:
+            return
+        from IPython.display import Image, display
+
+        picture = Image(data=plots.png_bytes(plots.pixels(plots.learning_curves(history.rows))))
+        if self._shown is None:
+            self._shown = display(picture, display_id=True)
+        else:
+            self._shown.update(picture)
+
+
+def in_jupyter() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's shell there has a kernel)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def format_table(rows: list[dict[str, float]], columns: tuple[str, ...]) -> str:

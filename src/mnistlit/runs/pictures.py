@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from mnistlit.core.data import DigitData
 from mnistlit.core.inputs import unit_range
-from mnistlit.runs import plots
+from mnistlit.runs import plots, trackers
 from mnistlit.runs.folders import run_folder
 
 
@@ -23,7 +23,8 @@ def as_augmented(digits: torch.Tensor, augment: Callable[[torch.Tensor], torch.T
 
 
 class RunPictures(L.Callback):
-    """The pictures a user opens first, in TensorBoard and as PNG files in the run folder.
+    """The pictures a user opens first, as PNG files in the run folder and in every tracker
+    (TensorBoard, MLflow, W&B).
 
     At fit start: nine training digits with their labels (the seed's grid; with augmentation,
     the same nine again as augmented for training) and a TensorBoard
@@ -112,16 +113,14 @@ class RunPictures(L.Callback):
         return trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
 
     def _publish(self, trainer: L.Trainer, name: str, draw: Callable[[], Figure]) -> None:
-        """Draw the figure (on rank 0 only) into TensorBoard and ``<name>.png`` in the run folder."""
+        """Draw the figure (on rank 0 only) into ``<name>.png`` in the run folder and every tracker."""
         folder = run_folder(trainer)
         if folder is None:
             return
         image = plots.pixels(draw())
-        experiment = self._tensorboard(trainer)
-        if experiment is not None:
-            experiment.add_image(name, image, global_step=trainer.global_step, dataformats="HWC")
         folder.mkdir(parents=True, exist_ok=True)
         plots.save_png(image, folder / f"{name}.png")
+        trackers.publish_image(trainer, name, image, folder / f"{name}.png")
 
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:

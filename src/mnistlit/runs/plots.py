@@ -1,25 +1,35 @@
-"""Drawing the figures: digit grids, learning curves, confusion matrix (matplotlib, no screen)."""
+"""Drawing the figures: digit grids, learning curves, confusion matrix (matplotlib, no screen).
 
+Figures are made without pyplot, so drawing them changes no global backend: a notebook's own
+plots still show inline.
+"""
+
+import io
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
+from mnistlit.core.errors import MnistlitError
+from mnistlit.files import atomic_write
 
-from mnistlit.core.errors import MnistlitError  # noqa: E402
-from mnistlit.files import atomic_write  # noqa: E402
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of that size in inches, drawn by Agg: no window, no pyplot state to free."""
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def digit_grid(images: torch.Tensor, titles: list[str], columns: int = 3) -> Figure:
     """Images (N, 28, 28), any dtype or scale, each with a title, on a grid (the seed's 3x3 plot)."""
     rows = max(1, -(-len(images) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.6 * rows), squeeze=False)
+    figure = new_figure(2.2 * columns, 2.6 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, image, title in zip(axes.flat, images.float().cpu(), titles, strict=False):
@@ -35,7 +45,8 @@ def learning_curves(rows: list[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train against validation, best validation epoch marked."""
     epochs = [int(r["epoch"]) for r in rows]
     best = max(rows, key=lambda r: -1 if math.isnan(r["val_acc"]) else r["val_acc"])
-    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = new_figure(10, 4)
+    loss_ax, acc_ax = figure.subplots(1, 2)
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
         ax.plot(epochs, [r[f"train_{metric}"] for r in rows], "o-", label=f"train_{metric}")
         ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "o-", label=f"val_{metric}")
@@ -51,7 +62,8 @@ def learning_curves(rows: list[dict[str, float]]) -> Figure:
 def confusion_matrix(counts: torch.Tensor, class_names: list[str]) -> Figure:
     """Counts (true class x predicted class), with the number in every non-empty cell."""
     counts = counts.cpu()
-    figure, ax = plt.subplots(figsize=(7, 6))
+    figure = new_figure(7, 6)
+    ax = figure.subplots()
     image = ax.imshow(counts.numpy(), cmap="Blues")
     figure.colorbar(image, ax=ax)
     ticks = range(len(class_names))
@@ -72,14 +84,20 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str]) -> Figure:
 
 
 def pixels(figure: Figure) -> np.ndarray:
-    """The figure drawn once, as RGB pixels (H, W, 3) at 100 dpi, and freed: a PNG and TensorBoard
-    both take these, instead of drawing the figure once each."""
-    try:
-        figure.set_dpi(100)
-        figure.canvas.draw()
-        return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]  # the Agg canvas
-    finally:
-        plt.close(figure)
+    """The figure drawn once, as RGB pixels (H, W, 3) at 100 dpi: a PNG and every tracker take
+    these, instead of drawing the figure once each."""
+    figure.set_dpi(100)
+    canvas = figure.canvas
+    assert isinstance(canvas, FigureCanvasAgg), "made by new_figure"
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """RGB pixels as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="png")
+    return buffer.getvalue()
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

@@ -23,15 +23,16 @@ from mnistlit.core.module import LitClassifier
 from mnistlit.deploy.images import MAX_IMAGE_PIXELS
 from mnistlit.deploy.serve import MAX_UPLOAD_BYTES
 from mnistlit.deploy.summary import describe, run_relative, summary
-from mnistlit.runs import checkpoints, folders, precision
+from mnistlit.runs import checkpoints, folders, precision, trackers
 from mnistlit.runs.checkpoints import LastCheckpoint
-from mnistlit.runs.history import EpochHistory
+from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, LiveCurves
 from mnistlit.runs.nonfinite import NonFiniteLoss
 from mnistlit.runs.pictures import RunPictures
 from mnistlit.runs.predictions import PredictionFiles
 from mnistlit.runs.process import CachedCudaCheck, keep_freed_memory, quiet_known_noise
 from mnistlit.runs.rng import ExactResume
 from mnistlit.runs.signals import StopOnSignal
+from mnistlit.runs.trackers import TrackerRuns
 from mnistlit.runs.unsure import UnsureThreshold
 
 # The best weights by validation accuracy (the seed recipe's checkpoint); the CLI's defaults too.
@@ -74,6 +75,10 @@ class Trainer(L.Trainer):
             and say which precision runs and why.
         unsure_threshold: calibrate on the validation split the probability under which
             ``predict`` and ``serve`` call an answer unsure (UnsureThreshold).
+        tracker_runs: MLflow and W&B loggers get history.csv, config.yaml, the curves and the
+            best checkpoint, and a resumed run continues their run (TrackerRuns).
+        live_curves: inside Jupyter, redraw the learning curves below the cell once per epoch
+            (LiveCurves); elsewhere it does nothing.
         **kwargs: ``lightning.Trainer``'s arguments.
     """
 
@@ -90,6 +95,8 @@ class Trainer(L.Trainer):
         last_checkpoint: bool = True,
         precision_check: bool = True,
         unsure_threshold: bool = True,
+        tracker_runs: bool = True,
+        live_curves: bool = True,
         **kwargs: Any,
     ) -> None:
         quiet_known_noise()
@@ -117,6 +124,8 @@ class Trainer(L.Trainer):
             (pictures, RunPictures),
             (prediction_files, PredictionFiles),
             (unsure_threshold, UnsureThreshold),
+            (tracker_runs, TrackerRuns),
+            (live_curves, LiveCurves),
             (True, CachedCudaCheck),
         )
         added: list[Callback] = [
@@ -136,6 +145,18 @@ class Trainer(L.Trainer):
         self.uses_run_folder = run_folder
         self.run_dir: Path | None = None  # this run's version_N folder, on global rank 0
         self.loaded_checkpoints: dict[str, dict[str, Any]] = {}
+
+    @property
+    def history(self) -> Any:
+        """The epoch history of the last fit, one row per epoch (history.csv's): a pandas
+        DataFrame where pandas is installed (the seed's ``dfhistory``), else a list of dicts."""
+        recorder = next((c for c in self.callbacks if isinstance(c, EpochHistory)), None)  # type: ignore[attr-defined]
+        rows = list(recorder.rows) if recorder is not None else []
+        try:
+            import pandas
+        except ImportError:
+            return rows
+        return pandas.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
     @property
     def runs_dir(self) -> Path:
@@ -163,6 +184,8 @@ class Trainer(L.Trainer):
         if not self.uses_run_folder:
             yield ckpt_path
             return
+        if rank == 0:
+            trackers.check_reachable(self.loggers)
         runs = self.runs_dir
         if ckpt_path in checkpoints.CHECKPOINT_ALIASES:
             ckpt_path = str(folders.resolve(str(ckpt_path), runs))
@@ -174,6 +197,8 @@ class Trainer(L.Trainer):
             pass  # one Trainer, one run folder: a test after a fit writes beside it, as in Lightning
         elif stage == "fit" and ckpt_path and folders.is_newest_state_of_a_run(Path(ckpt_path), runs):
             self.run_dir = Path(ckpt_path).parent.parent
+            if any(isinstance(logger, trackers.TRACKERS) for logger in self.loggers):
+                trackers.continue_runs(self.loggers, self.checkpoint(ckpt_path))
         else:
             try:
                 self.run_dir = runs / f"version_{folders.reserve_run_folder(runs)}"
@@ -201,6 +226,7 @@ class Trainer(L.Trainer):
             # (tests/test_lightning_contract.py).
             if isinstance(logger, TensorBoardLogger | CSVLogger) and Path(logger.root_dir) == run.parent:
                 logger._version = run.name
+        trackers.name_runs(self.loggers, run.name)
         for callback in self.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(run / "checkpoints")

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,15 @@ def test_config_yaml_records_the_precision_that_ran(tiny_data, tmp_path: Path, m
     ran, _ = precision.choose("bf16-mixed", "auto")
     assert config["trainer"]["precision"] == ran
     weights(Path("lightning_logs/version_0/checkpoints/last.ckpt"))  # and the run is whole
+
+
+def test_the_history_is_a_data_frame_of_history_csv_or_its_rows_without_pandas(data, monkeypatch) -> None:
+    import pandas
+
+    trainer = Trainer(max_epochs=2, **QUIET)
+    trainer.fit(LitClassifier(), data())
+    frame = trainer.history
+    pandas.testing.assert_frame_equal(frame, pandas.read_csv("lightning_logs/version_0/history.csv"))
+    assert list(frame["epoch"]) == [0, 1]
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as where pandas is not installed
+    assert trainer.history == frame.to_dict("records")
