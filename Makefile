@@ -6,7 +6,7 @@ DEV := .venv-dev
 DEV_PY := $(DEV)/bin/python
 CONFIG ?= configs/base.yaml
 
-.PHONY: install dev fit test lint docs swagger-ui tensorboard mlflow-ui bench bench-startup bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
+.PHONY: install dev fit test lint docs swagger-ui tensorboard mlflow-ui bench bench-notebook bench-startup bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
 # What mnistlit runs in: the package with its serve and export extras, and nothing else, because
 # torchmetrics imports torchvision and scipy whenever they are installed (2.5 s of every start-up
@@ -87,6 +87,11 @@ docs: install
 
 bench-gpu: dev
 	bash benchmarks/gpu.sh
+
+# The live learning curves' cost per epoch, in a real Jupyter kernel (docs/tracking.md).
+bench-notebook: dev
+	$(DEV_PY) benchmarks/live_curves.py --json docs/measurements $(BENCH_ARGS)
+	$(DEV_PY) benchmarks/render_docs.py
 
 bench-serve: install
 	$(PY) benchmarks/serve.py --json docs/measurements $(BENCH_ARGS)

@@ -1,6 +1,7 @@
 """Trackers as a user meets them outside one process: a real `mlflow server` over HTTP on loopback,
 and an environment without a tracker's extra."""
 
+import os
 import subprocess
 import sys
 import time
@@ -12,18 +13,18 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.cli.test_trackers import LOGGERS, PICTURES, artifacts, free_port
-from tests.helpers import CLI_ENV, CONFIGS, PYTHON, cli, run_cli
+from tests.e2e.test_browser import CHROMIUM
+from tests.helpers import CLI_ENV, CONFIGS, PYTHON, cli, run_cli, tiny_config, write_synthetic_mnist
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root; its address."""
-    port = free_port()  # free now; the server takes it
-    store = tmp_path / "server"
-    store.mkdir()
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """`mlflow server` on 127.0.0.1 (a SQLite backend, a local artifact root) and a folder whose
+    run logged to it over HTTP: the server's address and that folder."""
+    store, workdir = tmp_path_factory.mktemp("server"), tmp_path_factory.mktemp("trained")
     command = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+        "--port", str(port := free_port()), "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
         "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
     ]  # fmt: skip
     log = (store / "server.log").open("w")
@@ -37,28 +38,51 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             except OSError:
                 assert server.poll() is None, (store / "server.log").read_text()[-3000:]
                 time.sleep(0.5)
-        yield address
+        tiny_config(workdir, write_synthetic_mnist(workdir / "data" / "mnist"))
+        uri = ("--trainer.logger.init_args.tracking_uri", address)
+        fitted = cli(workdir, "fit", *CONFIGS, "--config", str(LOGGERS / "mlflow_server.yaml"), *uri)
+        assert fitted.returncode == 0, fitted.stderr[-3000:]
+        yield address, workdir
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
 
 
-def test_a_run_logged_to_a_real_mlflow_server_over_http(workdir: Path, mlflow_server: str) -> None:
-    server = ("--config", str(LOGGERS / "mlflow_server.yaml"), "--trainer.logger.init_args.tracking_uri")
-    fitted = cli(workdir, "fit", *CONFIGS, *server, mlflow_server, "--trainer.max_epochs", "2")
-    assert fitted.returncode == 0, fitted.stderr[-3000:]
-    client = MlflowClient(mlflow_server)
+def test_a_run_logged_to_a_real_mlflow_server_over_http(logged: tuple[str, Path]) -> None:
+    address, workdir = logged
+    client = MlflowClient(address)
     (run,) = client.search_runs([client.get_experiment_by_name("mnistlit").experiment_id])
     assert run.info.run_name == "version_0" and run.data.params["trainer.max_epochs"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
     files = artifacts(client, run.info.run_id)
     assert {"history.csv", "config.yaml"} | PICTURES <= files
     assert any(name.startswith("checkpoints/best-") for name in files)
-    kept = (workdir / "server" / "artifacts").rglob("history.csv")  # the fixture put the server there
-    history = (workdir / "lightning_logs/version_0/history.csv").read_text()
-    assert [p.read_text() for p in kept] == [history], "the server keeps the artifacts, not this machine"
-    assert not (workdir / "lightning_logs" / "mlartifacts").exists()
+    uploaded = client.download_artifacts(run.info.run_id, "history.csv", str(workdir))
+    assert Path(uploaded).read_text() == (workdir / "lightning_logs/version_0/history.csv").read_text()
+    assert not (workdir / "lightning_logs" / "mlartifacts").exists(), (
+        "the server keeps them, not this machine"
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (.ci/run installs Debian's)")
+def test_the_mlflow_ui_shows_the_run_with_its_metrics(logged: tuple[str, Path], tmp_path) -> None:
+    """Set MNISTLIT_MLFLOW_SCREENSHOT to a path to keep the screenshot (docs/mlflow.png is one)."""
+    from playwright.sync_api import sync_playwright
+
+    address, _ = logged
+    client = MlflowClient(address)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnistlit").experiment_id])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(f"{address}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics")
+        page.get_by_text("version_0").first.wait_for(timeout=60_000)
+        page.get_by_role("button", name="Close", exact=True).click()  # MLflow 3's assistant panel
+        for chart in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            page.get_by_text(chart, exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=os.environ.get("MNISTLIT_MLFLOW_SCREENSHOT") or str(tmp_path / "mlflow.png"))
+        browser.close()
 
 
 @pytest.mark.parametrize(("config", "extra"), [("mlflow.yaml", "mlflow"), ("wandb.yaml", "wandb")])
