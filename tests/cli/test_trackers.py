@@ -4,6 +4,7 @@ at once each get the whole run, and a resume goes on in the same tracker run."""
 import csv
 import json
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,12 @@ def artifacts(client: MlflowClient, run_id: str, folder: str | None = None) -> s
     return found
 
 
+def uploaded(client: MlflowClient, run_id: str, name: str) -> str:
+    """The text of a file of the run, as the tracker holds it."""
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(client.download_artifacts(run_id, name, folder)).read_text()
+
+
 def mlflow_runs(workdir: Path) -> tuple[MlflowClient, list]:
     """The runs of the store mlflow.yaml names (relative to the folder mnistlit ran in), oldest first."""
     client = MlflowClient(f"sqlite:///{workdir}/lightning_logs/mlflow.db")
@@ -55,8 +62,7 @@ def assert_whole_mlflow_run(client: MlflowClient, run, run_folder: Path, epochs:
     assert run.data.tags["best_checkpoint"] == str(best.resolve())
     files = artifacts(client, run.info.run_id)
     assert {"history.csv", "config.yaml", f"checkpoints/{best.name}"} | PICTURES <= files
-    uploaded = Path(client.download_artifacts(run.info.run_id, "history.csv", str(run_folder.parent / "dl")))
-    assert uploaded.read_text() == (run_folder / "history.csv").read_text()
+    assert uploaded(client, run.info.run_id, "history.csv") == (run_folder / "history.csv").read_text()
 
 
 def test_an_mlflow_run_gets_the_whole_run_and_a_resume_continues_it(workdir: Path) -> None:
@@ -72,19 +78,36 @@ def test_an_mlflow_run_gets_the_whole_run_and_a_resume_continues_it(workdir: Pat
 
     tested = cli(workdir, "test", *CONFIGS, *mlflow, "--ckpt_path", "best")
     assert tested.returncode == 0, tested.stderr[-3000:]
-    client, (_, test_run) = mlflow_runs(workdir)
-    assert test_run.info.run_name == "version_1" and "test_acc" in test_run.data.metrics
-    assert {"pictures/confusion_matrix.png", "pictures/misclassified.png"} <= artifacts(
-        client, test_run.info.run_id
-    )
+    client, (run,) = mlflow_runs(workdir)  # the test adds to the run its checkpoint came from
+    assert "test_acc" in run.data.metrics and run.data.params["trainer.max_epochs"] == "2"
+    files = artifacts(client, run.info.run_id)
+    assert {"pictures/confusion_matrix.png", "pictures/misclassified.png", "test/config.yaml"} <= files
+    config = uploaded(client, run.info.run_id, "config.yaml")
+    assert config == (run_folder / "config.yaml").read_text(), "the fit's config stays"
 
     resumed = cli(workdir, "fit", *CONFIGS, *mlflow, "--trainer.max_epochs", "3", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client, runs = mlflow_runs(workdir)
-    assert len(runs) == 2, "the resumed fit went on in its MLflow run, not in a new one"
+    assert len(runs) == 1, "the resumed fit went on in its MLflow run, not in a new one"
     steps = val_acc_steps(client, run.info.run_id)
     assert len(steps) == 3 and steps == sorted(steps)
     assert client.get_run(run.info.run_id).data.params["trainer.max_epochs"] == "2", "params: as it started"
+
+    other = f"sqlite:///{workdir}/lightning_logs/other.db"  # a store without the checkpoint's run
+    tested = cli(
+        workdir,
+        "test",
+        *CONFIGS,
+        *mlflow,
+        "--trainer.logger.init_args.tracking_uri",
+        other,
+        "--ckpt_path",
+        "best",
+    )
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    client = MlflowClient(other)
+    (elsewhere,) = client.search_runs([client.get_experiment_by_name("mnistlit").experiment_id])
+    assert elsewhere.info.run_name == "version_2" and "test_acc" in elsewhere.data.metrics
     assert sorted(p.name for p in workdir.iterdir()) == ["data", "lightning_logs", "tiny.yaml"]
 
 

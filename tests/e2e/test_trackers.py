@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.cli.test_trackers import LOGGERS, PICTURES, artifacts, free_port
+from tests.cli.test_trackers import LOGGERS, PICTURES, artifacts, free_port, uploaded
 from tests.e2e.test_browser import CHROMIUM
 from tests.helpers import CLI_ENV, CONFIGS, PYTHON, cli, run_cli, tiny_config, write_synthetic_mnist
 
@@ -58,8 +58,8 @@ def test_a_run_logged_to_a_real_mlflow_server_over_http(logged: tuple[str, Path]
     files = artifacts(client, run.info.run_id)
     assert {"history.csv", "config.yaml"} | PICTURES <= files
     assert any(name.startswith("checkpoints/best-") for name in files)
-    uploaded = client.download_artifacts(run.info.run_id, "history.csv", str(workdir))
-    assert Path(uploaded).read_text() == (workdir / "lightning_logs/version_0/history.csv").read_text()
+    history = uploaded(client, run.info.run_id, "history.csv")
+    assert history == (workdir / "lightning_logs/version_0/history.csv").read_text()
     assert not (workdir / "lightning_logs" / "mlartifacts").exists(), (
         "the server keeps them, not this machine"
     )

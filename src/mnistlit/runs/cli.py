@@ -43,7 +43,7 @@ class SaveConfig(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.log_dir and any(isinstance(lg, trackers.TRACKERS) for lg in trainer.loggers):
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-            trackers.log_config(trainer, config, Path(trainer.log_dir) / self.config_filename)
+            trackers.log_config(trainer, config, Path(trainer.log_dir) / self.config_filename, stage)
 
 
 class MnistCLI(LightningCLI):

@@ -39,18 +39,26 @@ def publish_image(trainer: L.Trainer, name: str, image: np.ndarray, png: Path) -
             logger.log_image(key=name, images=[image], step=trainer.global_step)
 
 
-def log_config(trainer: L.Trainer, config: dict[str, Any], path: Path) -> None:
+def log_config(trainer: L.Trainer, config: dict[str, Any], path: Path, stage: str) -> None:
     """The resolved config as a tracker's params, and ``config.yaml`` as a file of its run.
 
     MLflow refuses to change a param once logged, so a resumed run keeps the values it started
-    with as params; its config.yaml, sent again, is the one it resumed with.
+    with as params; its config.yaml, sent again, is the one it resumed with. A ``test`` that
+    continues its checkpoint's tracker run leaves the fit's config alone: its own goes to
+    MLflow as ``test/config.yaml``.
     """
+    stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
     for logger in trainer.loggers:
         if isinstance(logger, MLFlowLogger):
             started = logger.experiment.get_run(logger.run_id).data.params
+            if stage != "fit" and started:
+                logger.experiment.log_artifact(logger.run_id, str(path), stage)
+                continue
             logger.log_hyperparams({k: v for k, v in flat(config).items() if k not in started})
             logger.experiment.log_artifact(logger.run_id, str(path))
-        elif isinstance(logger, WandbLogger):
+        elif isinstance(logger, WandbLogger) and (
+            stage == "fit" or "trainer" not in logger.experiment.config
+        ):
             logger.experiment.config.update(config, allow_val_change=True)
             logger.experiment.save(str(path), base_path=str(path.parent), policy="now")
 
@@ -139,15 +147,27 @@ def name_runs(loggers: Sequence[Logger], name: str) -> None:
 
 
 def continue_runs(loggers: Sequence[Logger], checkpoint: dict[str, Any]) -> None:
-    """Point each tracker at the run a checkpoint was logging to, before the logger starts."""
+    """Point each tracker at the run a checkpoint was logging to, before the logger starts: a
+    resumed fit goes on in it, and a test adds its metrics and pictures to it. An MLflow run
+    this store does not hold (another server, a deleted run) is left alone: a new run starts."""
     ids = checkpoint.get("callbacks", {}).get(TrackerRuns.__qualname__, {})
     for logger in loggers:
         known = ids.get(type(logger).__name__)
         # Private, but the only way to give a built logger its run (tests/test_lightning_contract.py).
-        if known and isinstance(logger, MLFlowLogger):
+        if known and isinstance(logger, MLFlowLogger) and mlflow_run_exists(logger, known):
             logger._run_id = known
         elif known and isinstance(logger, WandbLogger):
             logger._wandb_init["id"] = logger._id = known
+
+
+def mlflow_run_exists(logger: MLFlowLogger, run_id: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:  # not through logger.experiment: that starts a new run when it has none
+        return MlflowClient(logger._tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
 
 
 def check_reachable(loggers: Sequence[Logger], timeout: float = 5.0) -> None:

@@ -192,13 +192,12 @@ class Trainer(L.Trainer):
         if rank != 0:
             yield ckpt_path  # other DDP ranks write no files; rank 0's folder is broadcast to them
             return
-        new = False
+        new = resumed = False
         if self.run_dir is not None:
             pass  # one Trainer, one run folder: a test after a fit writes beside it, as in Lightning
         elif stage == "fit" and ckpt_path and folders.is_newest_state_of_a_run(Path(ckpt_path), runs):
             self.run_dir = Path(ckpt_path).parent.parent
-            if any(isinstance(logger, trackers.TRACKERS) for logger in self.loggers):
-                trackers.continue_runs(self.loggers, self.checkpoint(ckpt_path))
+            resumed = True
         else:
             try:
                 self.run_dir = runs / f"version_{folders.reserve_run_folder(runs)}"
@@ -207,6 +206,9 @@ class Trainer(L.Trainer):
             new = True
         lock: IO[str] | None = None
         try:
+            tracked = any(isinstance(logger, trackers.TRACKERS) for logger in self.loggers)
+            if ckpt_path and tracked and (resumed or stage == "test"):
+                trackers.continue_runs(self.loggers, self.checkpoint(ckpt_path))
             if stage == "fit":
                 lock = folders.lock_run(self.run_dir)
             self._point_writers_at(self.run_dir)
