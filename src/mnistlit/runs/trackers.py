@@ -3,8 +3,6 @@ config and best checkpoint; a resumed run goes on in the same tracker run; a tra
 start says so in one line before any training."""
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,6 +175,9 @@ def check_reachable(loggers: Sequence[Logger], timeout: float = 5.0) -> None:
         uri = getattr(logger, "_tracking_uri", "") if isinstance(logger, MLFlowLogger) else ""
         if not uri.startswith(("http://", "https://")):
             continue
+        import urllib.error
+        import urllib.request
+
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
                 pass
