@@ -41,9 +41,12 @@ class SaveConfig(SaveConfigCallback):
     params or run config, and config.yaml as a file of their run."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.log_dir and any(isinstance(lg, trackers.TRACKERS) for lg in trainer.loggers):
+        # Lightning calls this on global rank 0 alone: not trainer.log_dir, which under DDP is a
+        # broadcast every rank must join (the run hung there), but the folder rank 0 reserved.
+        run: Path | None = getattr(trainer, "run_dir", None)
+        if run is not None and any(isinstance(lg, trackers.TRACKERS) for lg in trainer.loggers):
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-            trackers.log_config(trainer, config, Path(trainer.log_dir) / self.config_filename, stage)
+            trackers.log_config(trainer, config, run / self.config_filename, stage)
 
 
 class MnistCLI(LightningCLI):

@@ -80,16 +80,16 @@ class TrackerRuns(L.Callback):
     ``checkpoints/``; W&B: ``best_checkpoint`` in the summary).
 
     Its state is each tracker's run id, saved in every checkpoint, so that a run resumed from
-    ``last.ckpt`` logs into the same MLflow or W&B run (``mnistlit.Trainer`` hands the ids to
-    the loggers before they start).
+    ``last.ckpt`` logs into the same MLflow or W&B run, and a ``test`` of a checkpoint adds to
+    the run that trained it (``mnistlit.Trainer`` hands the ids to the loggers before they start).
+    A run stopped by a signal sends these files when its resumed run ends.
     """
 
+    def __init__(self) -> None:
+        self._loggers: list[Logger] = []  # the trainer's, on global rank 0 (the others log nothing)
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            type(logger).__name__: run_id(logger)
-            for logger in getattr(self, "_loggers", [])
-            if isinstance(logger, TRACKERS)
-        }
+        return {type(lg).__name__: run_id(lg) for lg in self._loggers if isinstance(lg, TRACKERS)}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._loggers = trainer.loggers if trainer.is_global_zero else []
@@ -169,10 +169,10 @@ def mlflow_run_exists(logger: MLFlowLogger, run_id: str) -> bool:
 
 
 def check_reachable(loggers: Sequence[Logger], timeout: float = 5.0) -> None:
-    """An MLflow tracking server that does not answer is one line now, not minutes of retries
-    after the run folder was made."""
+    """An MLflow tracking server that does not answer is one line now, not MLflow's retries (4 min
+    before its first request gave up, mlflow 3.17) after the run folder was made."""
     for logger in loggers:
-        uri = getattr(logger, "_tracking_uri", "") if isinstance(logger, MLFlowLogger) else ""
+        uri = logger._tracking_uri if isinstance(logger, MLFlowLogger) else ""
         if not uri.startswith(("http://", "https://")):
             continue
         import urllib.error
