@@ -122,9 +122,10 @@ class MnistCLI(LightningCLI):
             # code a crafted checkpoint carries; ours hold only tensors and plain data.
             config.weights_only = True
         if config.get("ckpt_path"):
-            path = folders.resolve(config.ckpt_path, folders.runs_folder(config.trainer))
-            self.checkpoint = checkpoints.load(path)
-            config.ckpt_path = str(path)
+            runs = folders.runs_folder(config.trainer)
+            path = folders.resolve(config.ckpt_path, runs, fresh_start=subcommand == "fit")
+            self.checkpoint = checkpoints.load(path) if path is not None else None
+            config.ckpt_path = str(path) if path is not None else None
 
     def instantiate_classes(self) -> None:
         """Build the config's objects; a logger that cannot start is one line naming the cause."""

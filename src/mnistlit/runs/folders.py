@@ -5,6 +5,7 @@ import fcntl
 import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -13,6 +14,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mnistlit.core.errors import MnistlitError
+from mnistlit.files import atomic_write
 from mnistlit.runs.checkpoints import CHECKPOINT_ALIASES, load
 
 
@@ -30,7 +32,28 @@ def runs_folder(trainer: Namespace) -> Path:
     return root / "lightning_logs"
 
 
-def resolve(ckpt_path: str, runs: Path) -> Path:
+# In a run folder made under SLURM: the job that made it (slurm_job()).
+JOB_FILE = "slurm_job"
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job as a requeue keeps it: ``<array job>_<task>`` for an array task,
+    else the job id; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def job_of(run: Path) -> str | None:
+    """The SLURM job that made a run folder, if one did."""
+    try:
+        return (run / JOB_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def resolve(ckpt_path: str, runs: Path, fresh_start: bool = False) -> Path | None:
     """Turn ``best``/``last`` into a checkpoint file of the newest training run; check other paths exist.
 
     Lightning resolves these aliases only inside the run that wrote them, and every new
@@ -38,6 +61,11 @@ def resolve(ckpt_path: str, runs: Path) -> Path:
     ``best`` is the newest run's best checkpoint (or an older run's, if newer ones have none
     yet); ``last`` is the newest training run's ``last.ckpt`` and nothing else: resuming
     another run than the one a user just stopped would continue the wrong experiment.
+
+    Under SLURM only the runs this job made count, so a requeued job (or array task) resumes
+    its own run, never another job's that shares ``lightning_logs/``. With ``fresh_start`` (a
+    fit), ``last`` before this job has any run is None: the job's first start begins the run
+    its requeues will resume, from the same command.
     """
     if ckpt_path not in CHECKPOINT_ALIASES:
         path = Path(ckpt_path)
@@ -49,6 +77,12 @@ def resolve(ckpt_path: str, runs: Path) -> Path:
         key=version_of,
         reverse=True,
     )
+    job = slurm_job()
+    if job is not None:
+        training_runs = [run for run in training_runs if job_of(run) == job]
+        if ckpt_path == "last" and fresh_start and not training_runs:
+            print(f"mnistlit: SLURM job {job} has no run under {runs}/ yet: starting one", file=sys.stderr)
+            return None
     if ckpt_path == "last" and training_runs:
         newest = training_runs[0] / "checkpoints" / "last.ckpt"
         if newest.is_file():
@@ -72,8 +106,9 @@ def resolve(ckpt_path: str, runs: Path) -> Path:
                 f"--ckpt_path best: {gone}, the best checkpoint of the newest run with one, no longer "
                 "exists; pass another checkpoint file to --ckpt_path"
             )
+    of_job = f"of SLURM job {job} " if job is not None else ""
     raise MnistlitError(
-        f"--ckpt_path {ckpt_path}: no run under {runs}/ has a {ckpt_path} checkpoint yet "
+        f"--ckpt_path {ckpt_path}: no run {of_job}under {runs}/ has a {ckpt_path} checkpoint yet "
         "(train first: python -m mnistlit fit --config ...)"
     )
 
@@ -133,9 +168,12 @@ def reserve_run_folder(runs: Path) -> int:
     while True:
         try:
             (runs / f"version_{version}").mkdir()
-            return version
         except FileExistsError:
             version += 1
+            continue
+        if (job := slurm_job()) is not None:
+            atomic_write(runs / f"version_{version}" / JOB_FILE, f"{job}\n".encode())
+        return version
 
 
 def lock_run(run: Path) -> IO[str]:

@@ -188,7 +188,8 @@ class Trainer(L.Trainer):
             trackers.check_reachable(self.loggers)
         runs = self.runs_dir
         if ckpt_path in checkpoints.CHECKPOINT_ALIASES:
-            ckpt_path = str(folders.resolve(str(ckpt_path), runs))
+            resolved = folders.resolve(str(ckpt_path), runs, fresh_start=stage == "fit")
+            ckpt_path = str(resolved) if resolved is not None else None
         if rank != 0:
             yield ckpt_path  # other DDP ranks write no files; rank 0's folder is broadcast to them
             return
