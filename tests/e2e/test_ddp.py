@@ -39,24 +39,28 @@ def printed_test_acc(result: subprocess.CompletedProcess) -> str:
     return re.search(r"test_acc\s+([0-9.]+)", result.stdout).group(1)
 
 
+def assert_two_disjoint_shards_of_the_training_set(workdir: Path, md5: dict, epochs: tuple[int, ...]) -> None:
+    """RecordShards' files of ranks 0 and 1: in each epoch, half of the 1,400 training images each,
+    and together every one exactly once."""
+    datamodule = MNISTDataModule(str(workdir / "data"), val_size=100, dataset=IDXDataset(md5=md5, mirrors=[]))
+    datamodule.setup("fit")
+    training_set = Counter(image_digest(image) for image in datamodule.train_set.images)
+    for epoch in epochs:
+        rank0, rank1 = (
+            Counter(json.loads((workdir / "shards" / f"rank{rank}-epoch{epoch}.json").read_text()))
+            for rank in (0, 1)
+        )
+        assert rank0.total() == rank1.total() == 700, "each rank trains on half of the 1,400 images"
+        assert rank0 + rank1 == training_set, "together the ranks see every training image exactly once"
+
+
 @pytest.mark.slow
 def test_two_process_ddp_fit_shards_the_data_and_writes_one_run(tmp_path: Path) -> None:
     md5 = write_synthetic_mnist(tmp_path / "data" / "mnist")
     tiny_config(tmp_path, md5, max_epochs=2)
     run(tmp_path, "fit", *CONFIGS, *DDP, *RECORD)
 
-    datamodule = MNISTDataModule(
-        str(tmp_path / "data"), val_size=100, dataset=IDXDataset(md5=md5, mirrors=[])
-    )
-    datamodule.setup("fit")
-    training_set = Counter(image_digest(image) for image in datamodule.train_set.images)
-    for epoch in (0, 1):
-        rank0, rank1 = (
-            Counter(json.loads((tmp_path / "shards" / f"rank{rank}-epoch{epoch}.json").read_text()))
-            for rank in (0, 1)
-        )
-        assert rank0.total() == rank1.total() == 700, "each rank trains on half of the 1,400 images"
-        assert rank0 + rank1 == training_set, "together the ranks see every training image exactly once"
+    assert_two_disjoint_shards_of_the_training_set(tmp_path, md5, epochs=(0, 1))
 
     runs = tmp_path / "lightning_logs"
     assert sorted(p.name for p in runs.iterdir()) == ["version_0"], "only rank 0 creates a run folder"
