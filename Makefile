@@ -65,7 +65,7 @@ tensorboard: install
 
 # The MLflow UI on the store configs/loggers/mlflow.yaml writes (its tools come with .venv-dev).
 mlflow-ui: dev
-	$(DEV)/bin/mlflow ui --backend-store-uri sqlite:///lightning_logs/mlflow.db --host 127.0.0.1 --port 5000
+	$(DEV)/bin/mlflow ui --backend-store-uri sqlite:///lightning_logs/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
 	rm -rf $(VENV) $(DEV) node_modules lightning_logs
