@@ -18,7 +18,7 @@ from mnistlit.core.module import LitClassifier
 from mnistlit.runs import checkpoints, folders, trackers
 from mnistlit.runs.checkpoints import LastCheckpoint
 from mnistlit.runs.data import MNISTDataModule
-from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, format_table
+from mnistlit.runs.history import HISTORY_COLUMNS, format_table, recorder
 from mnistlit.runs.progress import EpochLines
 from mnistlit.runs.signals import RunStopped, StopOnSignal
 from mnistlit.runs.trainer import BEST_CHECKPOINT, Trainer
@@ -195,8 +195,7 @@ class MnistCLI(LightningCLI):
         """The history as a table (the seed's ``dfhistory``), where it was saved, and what to run next."""
         if not self.trainer.is_global_zero:
             return
-        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at run time
-        history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
+        history = recorder(self.trainer)
         if history is not None and history.rows:
             print(f"\n{format_table(history.rows, HISTORY_COLUMNS)}")
             print(f"\nhistory: {history.path}")

@@ -145,6 +145,12 @@ class EpochHistory(L.Callback):
             raise MnistlitError(f"could not write {self.path}: {reason}") from e
 
 
+def recorder(trainer: L.Trainer) -> EpochHistory | None:
+    """The trainer's EpochHistory, unless it was switched off."""
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's connectors
+    return next((c for c in callbacks if isinstance(c, EpochHistory)), None)
+
+
 class LiveCurves(L.Callback):
     """Inside a Jupyter kernel, the learning curves below the running cell, redrawn each time an
     epoch's row is complete (a notebook's TensorBoard). Once per epoch, so no step pays for it
@@ -160,7 +166,7 @@ class LiveCurves(L.Callback):
         self._draw(trainer)
 
     def _draw(self, trainer: L.Trainer) -> None:
-        history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)  # type: ignore[attr-defined]
+        history = recorder(trainer)
         if not trainer.is_global_zero or not in_jupyter() or history is None or not history.rows:
             return
         from IPython.display import Image, display

@@ -103,7 +103,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def save_png(image: np.ndarray, path: Path) -> None:
     """Write RGB pixels as PNG, atomically: a viewer refreshing it never sees half a file."""
     try:
-        atomic_write(path, lambda f: Image.fromarray(image).save(f, format="png"))
+        atomic_write(path, png_bytes(image))
     except OSError as e:
         raise MnistlitError(f"could not write {path}: {e.strerror or e}") from e
 

@@ -25,7 +25,7 @@ from mnistlit.deploy.serve import MAX_UPLOAD_BYTES
 from mnistlit.deploy.summary import describe, run_relative, summary
 from mnistlit.runs import checkpoints, folders, precision, trackers
 from mnistlit.runs.checkpoints import LastCheckpoint
-from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, LiveCurves
+from mnistlit.runs.history import HISTORY_COLUMNS, EpochHistory, LiveCurves, recorder
 from mnistlit.runs.nonfinite import NonFiniteLoss
 from mnistlit.runs.pictures import RunPictures
 from mnistlit.runs.predictions import PredictionFiles
@@ -150,8 +150,8 @@ class Trainer(L.Trainer):
     def history(self) -> Any:
         """The epoch history of the last fit, one row per epoch (history.csv's): a pandas
         DataFrame where pandas is installed (the seed's ``dfhistory``), else a list of dicts."""
-        recorder = next((c for c in self.callbacks if isinstance(c, EpochHistory)), None)  # type: ignore[attr-defined]
-        rows = list(recorder.rows) if recorder is not None else []
+        history = recorder(self)
+        rows = list(history.rows) if history is not None else []
         try:
             import pandas
         except ImportError:
