@@ -187,6 +187,16 @@ def test_resuming_from_a_checkpoint_outside_the_runs_folder_starts_a_new_run(wor
     assert [row["epoch"] for row in resumed_state["callbacks"]["EpochHistory"]["rows"]] == [0, 1]
 
 
+def test_a_run_resumed_from_its_last_checkpoint_by_absolute_path_goes_on_in_its_folder(workdir: Path) -> None:
+    first = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = str(last_ckpt(workdir, 0).resolve())
+    resumed = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "2", "--ckpt_path", last)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert runs(workdir) == ["version_0"], "its TensorBoard events too, not a second folder of them"
+    assert len(list((workdir / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))) == 2
+
+
 def test_best_after_its_file_was_deleted_names_the_deleted_file(workdir: Path) -> None:
     fitted = cli(workdir, "fit", *CONFIGS, "--trainer.max_epochs", "1")
     assert fitted.returncode == 0, fitted.stderr[-3000:]
