@@ -8,14 +8,14 @@ CONFIG ?= configs/base.yaml
 
 .PHONY: install dev fit test lint docs swagger-ui tensorboard mlflow-ui bench bench-notebook bench-startup bench-gpu bench-serve bench-export robustness speedrun strong serve export clean
 
-# What mnistlit runs in: the package with its serve and export extras, and nothing else, because
+# What mnistlit runs in: the package with its serve, export and search extras, and nothing else, because
 # torchmetrics imports torchvision and scipy whenever they are installed (2.5 s of every start-up
 # on a 2-vCPU AMD EPYC Zen 3; docs/speed.md).
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[serve,export]"
+	$(PY) -m pip install --quiet -e ".[serve,export,search]"
 	touch $@
 
 # The tools of tests and benchmarks, in an environment of their own that sees .venv's packages

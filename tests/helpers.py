@@ -188,7 +188,7 @@ def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["mnistlit", *args], code, out.getvalue(), err.getvalue())
 
 
-def _as_in_a_terminal() -> None:
+def as_in_a_terminal() -> None:
     # A suite started in the background (`cmd &` in a script) hands SIG_IGN for SIGINT down to
     # its children, and Python then keeps ignoring Ctrl-C; a user's terminal does not.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -203,7 +203,7 @@ def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=CLI_ENV,
-        preexec_fn=_as_in_a_terminal,
+        preexec_fn=as_in_a_terminal,
     )
 
 

@@ -15,6 +15,11 @@ def main() -> None:
 
         print(f"mnistlit {__version__}")
         return
+    if sys.argv[1:2] == ["search"]:  # many fits, each in a process of its own: not a Trainer method
+        from mnistlit.search.command import main as search
+
+        search(sys.argv[2:])
+        return
     signal.signal(signal.SIGTERM, _stopped_while_importing)  # importing torch and Lightning takes seconds
     try:
         from mnistlit.runs.cli import main as run_command
