@@ -21,6 +21,13 @@ class SlowValidation(L.Callback):
             time.sleep(0.2)
 
 
+class SlowSteps(L.Callback):
+    """Slows every training step down (50 ms), so that a test can catch a fit mid-way."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        time.sleep(0.05)
+
+
 class PoisonAtStep12(L.Callback):
     """Makes the network's weights NaN before step 12, as a diverging run would."""
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import pytest
 import yaml
 
 from mnistlit.search.command import main
+from mnistlit.search.pruning import STORAGE_VARIABLE
 from mnistlit.search.space import SearchSpace, as_arguments, first_values
 from mnistlit.search.study import fit_config
 from mnistlit.search.trials import open_storage, open_study
 from tests.cli.test_trackers import free_port
-from tests.helpers import CONFIGS, ROOT, assert_one_clear_line, tiny_config, write_synthetic_mnist
+from tests.helpers import CONFIGS, ROOT, assert_one_clear_line, cli, tiny_config, write_synthetic_mnist
 
 LR = "model.optimizer.init_args.lr"
 
@@ -115,4 +117,36 @@ def test_the_shipped_search_fits_the_speedrun_config() -> None:
     config = fit_config(["--config", str(ROOT / "configs" / "speedrun.yaml"), *as_arguments(values)])
     for key, value in values.items():
         assert config[key] == value
-    assert isinstance(space.make_pruner(), optuna.pruners.MedianPruner)
+    assert isinstance(space.make_pruner(), optuna.pruners.PercentilePruner)
+
+
+@pytest.mark.parametrize(("max_epochs", "pruned"), [(2, True), (1, False)], ids=["epochs left", "last epoch"])
+def test_a_trial_is_pruned_only_where_stopping_saves_epochs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, max_epochs: int, pruned: bool
+) -> None:
+    """Inside a fit: a pruner that calls every trial hopeless (val_acc never reaches 2) stops it
+    after epoch 0 through Lightning, unless epoch 0 is its last; then the fit simply ends."""
+    (workdir / "lightning_logs").mkdir()
+    url = f"sqlite:///{workdir / 'lightning_logs' / 'optuna.db'}"
+    study = open_study(open_storage(url), "space", "maximize", 1)
+    monkeypatch.setenv(STORAGE_VARIABLE, url)
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 2.0}}
+    callback = {
+        "class_path": "mnistlit.search.pruning.OptunaPruning",
+        "init_args": {"study": "space", "trial": 0},
+    }
+    callback["init_args"]["pruner"] = pruner
+    study.ask()  # trial 0, queued when the study was made, now running
+    result = cli(
+        workdir,
+        "fit",
+        *CONFIGS,
+        f"--trainer.max_epochs={max_epochs}",
+        f"--trainer.callbacks+={json.dumps(callback)}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = optuna.load_study(study_name="space", storage=url).get_trials()
+    assert list(trial.intermediate_values) == [0], "epoch 0 was reported, and the fit went no further"
+    assert ("pruned_at_epoch" in trial.user_attrs) is pruned
+    assert trial.user_attrs["run_dir"] == str(workdir / "lightning_logs" / "version_0")
+    assert trial.user_attrs["value"] == trial.intermediate_values[0], "the best checkpoint's val_acc"

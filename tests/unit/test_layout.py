@@ -1,6 +1,6 @@
 """The architecture as a rule: the core (the example people copy) imports nothing else from
 mnistlit and no library but torch, Lightning, torchmetrics and numpy; deployment never imports
-the run machinery."""
+the run machinery; only the command line knows the search."""
 
 import ast
 import sys
@@ -38,6 +38,17 @@ def test_deployment_never_imports_the_run_machinery() -> None:
     for path in (PACKAGE / "deploy").glob("*.py"):
         crossing = {name for name in imports_of(path) if name.startswith("mnistlit.runs")}
         assert not crossing, f"{path.name} imports {crossing}"
+
+
+def test_only_the_command_line_knows_the_search() -> None:
+    """A search is built from fits; the parts of a fit never depend on it, nor on Optuna."""
+    for path in [
+        *PACKAGE.glob("*.py"),
+        *(p for group in ("core", "runs", "deploy") for p in PACKAGE.glob(f"{group}/*.py")),
+    ]:
+        crossing = {name for name in imports_of(path) if name.startswith(("mnistlit.search", "optuna"))}
+        allowed = {"mnistlit.search.command"} if path.name == "__main__.py" else set()
+        assert crossing <= allowed, f"{path.relative_to(PACKAGE)} imports {crossing - allowed}"
 
 
 def test_the_core_reads_in_one_sitting() -> None:

@@ -228,11 +228,9 @@ class Trainer(L.Trainer):
             # Private, but the only way to give a logger its version after it was built
             # (tests/test_lightning_contract.py).
             # Resolved: a run resumed from a last.ckpt named by its absolute path is the same folder.
-            same = (
-                isinstance(logger, TensorBoardLogger | CSVLogger)
-                and Path(logger.root_dir).resolve() == run.parent.resolve()
-            )
-            if same:
+            if isinstance(logger, TensorBoardLogger | CSVLogger) and (
+                Path(logger.root_dir).resolve() == run.parent.resolve()
+            ):
                 logger._version = run.name
         trackers.name_runs(self.loggers, run.name)
         for callback in self.checkpoint_callbacks:

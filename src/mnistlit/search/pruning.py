@@ -65,7 +65,11 @@ class OptunaPruning(L.Callback):
         if self.trial is not None and value is not None:
             epoch = trainer.current_epoch
             self.trial.report(float(value), epoch)
-            pruned = self.trial.should_prune()
+            # After the last epoch a prune saves nothing, and would record a finished fit as pruned.
+            last = (
+                trainer.max_epochs is not None and trainer.max_epochs >= 0 and epoch >= trainer.max_epochs - 1
+            )
+            pruned = not last and self.trial.should_prune()
             if pruned:
                 self.trial.set_user_attr("pruned_at_epoch", epoch)
         if trainer.strategy.broadcast(pruned):

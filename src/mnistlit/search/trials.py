@@ -26,6 +26,7 @@ from typing import Literal
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError
 
 from mnistlit.core.errors import MnistlitError
 
@@ -48,15 +49,22 @@ def retry_stale() -> RetryHeartbeatStaleTrialCallback:
 
 
 def open_storage(url: str) -> RDBStorage:
-    try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=retry_stale(),
-        )
-    except Exception as e:  # SQLAlchemy's errors: a bad URL, a refused connection, a missing driver
-        raise MnistlitError(f"cannot open the study storage {redacted(url)}: {first_line(e)}") from e
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry_stale(),
+            )
+        except Exception as e:  # SQLAlchemy's errors: a bad URL, a refused connection, a missing driver
+            # Workers starting at once on a new database race to create its tables (alembic's
+            # version table first); the loser finds them made when it tries again.
+            racing = isinstance(e, IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == 4:
+                raise MnistlitError(f"cannot open the study storage {redacted(url)}: {first_line(e)}") from e
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def redacted(url: str) -> str:
