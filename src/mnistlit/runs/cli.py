@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from mnistlit import __version__
 from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.module import LitClassifier
-from mnistlit.runs import checkpoints, folders, trackers
+from mnistlit.runs import checkpoints, ddp, folders, trackers
 from mnistlit.runs.checkpoints import LastCheckpoint
 from mnistlit.runs.data import MNISTDataModule
 from mnistlit.runs.history import HISTORY_COLUMNS, format_table, recorder
@@ -243,6 +243,11 @@ def main(args: list[str] | None = None) -> None:
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"mnistlit: error: {where}{e.strerror or e}")
+    except RuntimeError as e:
+        line = ddp.lost_process(e)
+        if line is None:
+            raise
+        sys.exit(f"mnistlit: error: {line}")
 
 
 if __name__ == "__main__":
