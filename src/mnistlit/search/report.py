@@ -99,7 +99,7 @@ def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
     return saved
 
 
-def write(study: optuna.Study, folder: Path, search_file: Path, fit_arguments: list[str]) -> int:
+def write(study: optuna.Study, folder: Path) -> int:
     """Print the table and write the files; return how many trials ended (completed or pruned)."""
     trials = study.get_trials(deepcopy=False)
     rows = [row(t) for t in trials]

@@ -155,4 +155,4 @@ def search(
             time.sleep(HEARTBEAT_SECONDS)  # other workers' trials: wait until they end or go stale
         else:
             break
-    return report.write(study, runs / "search" / name, search_file, fit_arguments)
+    return report.write(study, runs / "search" / name)
