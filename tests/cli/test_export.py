@@ -200,6 +200,38 @@ def test_files_that_answer_differently_from_the_checkpoint_are_not_kept(tmp_path
     assert files_in(tmp_path / "out") == []
 
 
+def test_int8_is_calibrated_on_training_digits_measured_and_kept(trained: Path) -> None:
+    result = cli(trained, *EXPORT, "--format", "onnx-int8", "--output", "int8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert files_in(trained / "int8") == ["model.int8.onnx", "model.onnx"]
+    int8, fp32 = trained / "int8" / "model.int8.onnx", trained / "int8" / "model.onnx"
+    about = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert about["calibration_images"] == "1000" and about["calibration_seed"] == "0"
+    assert about["quantization"].startswith("static QDQ")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {
+        node.op_type for node in onnx.load(str(int8)).graph.node
+    }
+    assert int8.stat().st_size < fp32.stat().st_size / 2, "int8 weights: under half the bytes"
+    for line in ("int8 against fp32 ONNX on 200 test images:", "same digit", "batch 256"):
+        assert line in result.stdout
+    digits, labels = draw_digits(300, seed=11)  # digits neither the export nor its check saw
+    answers = [onnxruntime.InferenceSession(str(f)).run(None, {"digits": digits})[0] for f in (int8, fp32)]
+    accuracies = [float((a.argmax(1) == labels).mean()) for a in answers]
+    assert accuracies[0] >= accuracies[1] - 0.02, accuracies
+
+
+def test_int8_that_loses_accuracy_is_not_kept(trained: Path, tmp_path: Path) -> None:
+    """Calibrated on blank images, the activations' ranges are wrong: the file is refused."""
+    digits, labels = draw_digits(300, seed=3)
+    net = LitClassifier.load_from_checkpoint(best_of(trained)).net.eval()
+    with pytest.raises(MnistlitError, match="the int8 file's test accuracy is .* below the fp32 ONNX file's"):
+        export.export(
+            net, ["onnx", "onnx-int8"], tmp_path / "out", {}, torch.from_numpy(digits),
+            torch.from_numpy(labels).long(), calibration=torch.zeros((100, 28, 28), dtype=torch.uint8),
+        )  # fmt: skip
+    assert files_in(tmp_path / "out") == []
+
+
 def test_export_without_onnx_installed_is_one_line_and_leaves_no_folder(trained: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails, as without the extra
     result = cli(trained, *EXPORT, "--format", "onnx", "--output", "shipped_without_onnx")

@@ -22,7 +22,7 @@ from mnistlit.core.errors import MnistlitError, one_line
 from mnistlit.core.inputs import DigitProbabilities
 from mnistlit.files import partial_path, remove_partial, replace_synced, write_synced
 
-FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
+FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2", "onnx-int8": "model.int8.onnx"}
 INPUT, OUTPUT = "digits", "probabilities"
 MAX_PROBABILITY_DIFFERENCE = 1e-5
 VERIFY_BATCH = 500
@@ -185,17 +185,33 @@ def export(
     metadata: dict[str, str],
     digits: torch.Tensor,
     labels: torch.Tensor,
+    calibration: torch.Tensor | None = None,
+    max_accuracy_drop: float = 0.001,
 ) -> tuple[list[Path], str]:
-    """Write ``formats`` of ``net`` into ``output`` once every one matches PyTorch on ``digits``.
+    """Write ``formats`` of ``net`` into ``output`` once every one passes its check on ``digits``.
 
-    Each file is written under a temporary name, loaded back and checked there, and renamed
-    only when all checks pass: a failure leaves nothing under the final names.
+    ONNX and .pt2 must give the checkpoint's answers; int8 (``onnx-int8``, made from the ONNX
+    file with the ``calibration`` digits) may lose at most ``max_accuracy_drop`` of the fp32
+    ONNX file's accuracy. Each file is written under a temporary name, loaded back and checked
+    there, and renamed only when all checks pass: a failure leaves nothing under the final names.
     """
+    from mnistlit.deploy import quantize
+
     model = DigitProbabilities(net).eval()
     with torch.inference_mode():
         expected = torch.cat([model(batch) for batch in digits.split(VERIFY_BATCH)])
     make = {"onnx": onnx_bytes, "pt2": pt2_bytes}
-    contents = {format: make[format](model, metadata) for format in formats}
+    contents = {format: make[format](model, metadata) for format in formats if format in make}
+    if "onnx-int8" in formats:
+        assert calibration is not None and "onnx" in contents, "int8 is made from the ONNX file"
+        about = {"quantization": "static QDQ: int8 weights per channel (7-bit range), uint8 activations"}
+        about |= {
+            "calibration_images": str(len(calibration)),
+            "calibration_seed": str(quantize.CALIBRATION_SEED),
+        }
+        contents["onnx-int8"] = quantize.int8_bytes(
+            contents["onnx"], calibration.numpy(), {**metadata, **about}
+        )
     try:  # only now: a failed export (no onnx, an operator ONNX lacks) leaves no empty folder
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -204,7 +220,9 @@ def export(
     try:
         for format, data in contents.items():
             partials[format] = write_partial(output / FORMATS[format], data)
-        checks = [check(f, run_file(f, path), digits, labels, expected) for f, path in partials.items()]
+        checks = [
+            check(f, run_file(f, path), digits, labels, expected) for f, path in partials.items() if f in make
+        ]
         reference_accuracy = float((expected.argmax(1) == labels).float().mean())
         summary = report(checks, reference_accuracy)
         failed = [c for c in checks if not c.passed]
@@ -216,6 +234,20 @@ def export(
                 f"largest probability difference {worst.max_difference:.1e} "
                 f"(allowed {MAX_PROBABILITY_DIFFERENCE:.0e}); nothing was exported"
             )
+        if "onnx-int8" in partials:
+            sizes = (len(contents["onnx-int8"]), len(contents["onnx"]))
+            int8 = quantize.check_int8(
+                run_file("onnx", partials["onnx-int8"]), run_file("onnx", partials["onnx"]),
+                digits.numpy(), labels.numpy(), sizes,
+            )  # fmt: skip
+            summary += "\n" + quantize.report(int8)
+            if not int8.passed(max_accuracy_drop):
+                raise MnistlitError(
+                    f"the int8 file's test accuracy is {int8.accuracy:.4f}, "
+                    f"{int8.fp32_accuracy - int8.accuracy:.4f} below the fp32 ONNX file's "
+                    f"{int8.fp32_accuracy:.4f} (allowed {max_accuracy_drop}: "
+                    "--max_accuracy_drop); nothing was exported"
+                )
         written: list[Path] = []
         for format, partial in partials.items():
             target = output / FORMATS[format]
