@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,45 +20,58 @@ NODES = ("--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strate
 NODES += ("--trainer.accelerator", "cpu")
 
 
+OUTPUT: dict[int, tuple] = {}  # the output files of the nodes started last, by node rank
+
+
 def start_nodes(
     workdirs: tuple[Path, Path], *args: str, nodes: tuple[str, ...] = NODES
 ) -> list[subprocess.Popen]:
     """``torchrun --nnodes 2 ... -m mnistlit ARGS`` started once per node rank, both at once, node
-    rank r in ``workdirs[r]``; each in a session of its own, as on its own machine."""
+    rank r in ``workdirs[r]``. Each writes its output to temporary files, not pipes: a node whose
+    pipe nobody reads while the other is awaited would block on a full one."""
     port = str(free_port())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
-    return [
-        subprocess.Popen(
-            [
-                *torchrun,
-                "--node-rank",
-                str(rank),
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
-                port,
-                "-m",
-                "mnistlit",
-                *args,
-                *nodes,
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        for rank, workdir in enumerate(workdirs)
-    ]
+    started = []
+    for rank, workdir in enumerate(workdirs):
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in ended()
+        OUTPUT[rank] = (out, err)
+        started.append(
+            subprocess.Popen(
+                [
+                    *torchrun,
+                    "--node-rank",
+                    str(rank),
+                    "--master-addr",
+                    "127.0.0.1",
+                    "--master-port",
+                    port,
+                    "-m",
+                    "mnistlit",
+                    *args,
+                    *nodes,
+                ],
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )  # fmt: skip
+        )
+    return started
 
 
 def ended(nodes: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
     results = []
-    for node in nodes:
-        out, err = node.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(node.args, node.returncode, out, err))
+    for rank, node in enumerate(nodes):
+        node.wait(timeout=300)
+        out, err = OUTPUT.pop(rank)
+        texts = []
+        for file in (out, err):
+            file.seek(0)
+            texts.append(file.read())
+            file.close()
+        results.append(subprocess.CompletedProcess(node.args, node.returncode, *texts))
     return results
 
 
@@ -157,7 +171,7 @@ def test_nodes_in_separate_folders_node_1_writes_nothing_and_a_lost_node_is_one_
     run = folders[0] / "lightning_logs" / "version_1"
     deadline = time.monotonic() + 120
     while not (run / "history.csv").exists():  # epoch 0 done: the run is mid-way
-        assert nodes[0].poll() is None and time.monotonic() < deadline, nodes[0].communicate()[1][-3000:]
+        assert nodes[0].poll() is None and time.monotonic() < deadline, "node 0 ended early"
         time.sleep(0.1)
     time.sleep(0.5)
     kill_process_tree(nodes[1].pid)
